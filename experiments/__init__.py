@@ -1,0 +1,1 @@
+"""losslab engine: domain-agnostic trainer, data path, results store and tables."""

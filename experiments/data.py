@@ -1,0 +1,346 @@
+"""The data path: splits held as uint8 tensors (augmented in batches on the device) or streamed from folders.
+
+Every batch is a `Batch(x, y, index)`; `index` is the position of the sample in its split, so losses can
+keep per-example state. Datasets return a `Data` (train/val/test splits + `Meta`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from experiments.errors import UserError
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+    def to(self, device: torch.device | str, channels_last: bool = False) -> "Batch":
+        x = self.x.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(x, self.y.to(device, non_blocking=True), self.index.to(device, non_blocking=True))
+
+
+@dataclass
+class Meta:
+    """What losses and metrics may know about a dataset (read-only for them).
+
+    `class_counts` are training-split counts. `superclass[c]` is the coarse class of class c (or None).
+    `natural_similarity` names the similarity a structure-aware loss should use when none is configured
+    ("ordinal", "superclass", ...). `extras` carries task-specific items (e.g. `class_vectors_path`).
+    """
+
+    num_classes: int
+    class_names: list[str]
+    class_counts: torch.Tensor
+    channels: int = 3
+    image_size: int = 32
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    superclass: torch.Tensor | None = None
+    superclass_names: list[str] | None = None
+    natural_similarity: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class TensorSplit:
+    """A split held in memory: `x` uint8 (N, C, H, W), `y` int64 (N,)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, names: Sequence[str] | None = None):
+        if x.dtype != torch.uint8 or x.dim() != 4:
+            raise ValueError(f"TensorSplit wants uint8 N×C×H×W images, got {x.dtype} {tuple(x.shape)}")
+        if len(x) != len(y):
+            raise ValueError(f"TensorSplit: {len(x)} images but {len(y)} labels")
+        if names is not None and len(names) != len(y):
+            raise ValueError(f"TensorSplit: {len(names)} names but {len(y)} labels")
+        self.x = x
+        self.y = y.long()
+        self.names = list(names) if names is not None else None  # source file names, when the format has them
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.y
+
+    def subset(self, idx: torch.Tensor) -> "TensorSplit":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        names = [self.names[i] for i in idx.tolist()] if self.names is not None else None
+        return TensorSplit(self.x[idx], self.y[idx], names)
+
+
+class FolderSplit(torch.utils.data.Dataset):
+    """A split streamed from image files through a torchvision transform; yields (x, y, index)."""
+
+    def __init__(self, files: Sequence[str | os.PathLike], y: torch.Tensor, transform: Callable):
+        if len(files) != len(y):
+            raise ValueError(f"FolderSplit: {len(files)} files but {len(y)} labels")
+        self.files = [str(f) for f in files]
+        self.y = torch.as_tensor(y).long()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.y
+
+    def subset(self, idx: torch.Tensor) -> "FolderSplit":
+        idx = torch.as_tensor(idx).tolist()
+        return FolderSplit([self.files[i] for i in idx], self.y[idx], self.transform)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            x = self.transform(im.convert("RGB"))
+        return x, self.y[i], i
+
+
+Split = TensorSplit | FolderSplit
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+    meta: Meta
+    augment: "BatchAugment | None" = None  # applied to in-memory train batches only
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "num_classes": self.meta.num_classes,
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+            "n_test": len(self.test),
+            "train_class_counts": self.meta.class_counts.tolist(),
+        }
+
+
+def class_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(y.long(), minlength=num_classes)
+
+
+# --------------------------------------------------------------------------- augmentation on the device
+@dataclass
+class BatchAugment:
+    """Random crop with zero padding and horizontal flip, applied to a whole uint8 batch at once."""
+
+    crop_padding: int = 0
+    flip: bool = False
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if self.flip:
+            mask = torch.rand(n, generator=generator, device=generator.device) < 0.5
+            x = torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
+        p = self.crop_padding
+        if p > 0:
+            padded = torch.nn.functional.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device).to(x.device)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device).to(x.device)
+            rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # n×h
+            cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # n×w
+            bidx = torch.arange(n, device=x.device)[:, None, None]
+            # gather n×c×h×w: index rows then columns per sample
+            x = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        return x
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=dtype).view(1, -1, 1, 1)
+    return (x.to(dtype) / 255.0 - m) / s
+
+
+# --------------------------------------------------------------------------- loaders
+class InMemoryLoader:
+    """Batches of an in-memory split, kept on `device`; shuffling and augmentation use `generator`."""
+
+    def __init__(self, split: TensorSplit, meta: Meta, batch_size: int, device: torch.device, *,
+                 shuffle: bool, generator: torch.Generator | None = None, augment: BatchAugment | None = None,
+                 drop_last: bool = False):
+        self.x = split.x.to(device)
+        self.y = split.y.to(device)
+        self.meta = meta
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.generator = generator
+        self.augment = augment
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.y)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator, device=self.generator.device).to(self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.x[idx]
+            if self.augment is not None:
+                x = self.augment(x, self.generator)
+            yield Batch(normalize(x, self.meta.mean, self.meta.std), self.y[idx], idx)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+class StreamLoader:
+    """Wraps a torch DataLoader over a FolderSplit so it yields `Batch`es."""
+
+    def __init__(self, split: FolderSplit, batch_size: int, device: torch.device, *, shuffle: bool,
+                 generator: torch.Generator | None, num_workers: int, drop_last: bool = False):
+        self.device = device
+        self.loader = torch.utils.data.DataLoader(
+            split, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
+            generator=generator, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
+            persistent_workers=False)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y, idx in self.loader:
+            yield Batch(x, y, idx)
+
+
+def make_loader(data: Data, split_name: str, batch_size: int, device: torch.device, *, train: bool,
+                generator: torch.Generator | None = None, num_workers: int = 0):
+    split = data.splits()[split_name]
+    if isinstance(split, TensorSplit):
+        return InMemoryLoader(split, data.meta, batch_size, device, shuffle=train, generator=generator,
+                              augment=data.augment if train else None)
+    # streamed: the generator must live on the CPU for DataLoader's sampler
+    cpu_gen = None
+    if generator is not None:
+        cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator,
+                                                                  device=generator.device).item()))
+    return StreamLoader(split, batch_size, device, shuffle=train, generator=cpu_gen,
+                        num_workers=num_workers)
+
+
+# --------------------------------------------------------------------------- splitting helpers
+def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """One permutation with `seed`, cut at int(cumulative fraction · n) (the SimLoss TrainValTest rule)."""
+    perm = np.random.RandomState(seed).permutation(n)
+    cuts = [int(sum(fractions[: i + 1]) * n) for i in range(len(fractions) - 1)]
+    return np.split(perm, cuts)
+
+
+def holdout_per_class(y: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (rest, held_out) with `per_class` samples of every class held out, chosen with `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    held = []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        if len(idx) < per_class:
+            raise UserError(f"dataset.val_per_class={per_class} but class {c} has only {len(idx)} images; "
+                            f"lower dataset.val_per_class")
+        held.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    held_t = torch.cat(held).sort().values if held else torch.empty(0, dtype=torch.long)
+    mask = torch.ones(len(y), dtype=torch.bool)
+    mask[held_t] = False
+    return torch.nonzero(mask).flatten(), held_t
+
+
+def holdout_fraction(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (rest, held_out) with round(fraction·n) samples held out, chosen with `seed`."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = int(round(fraction * n))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+# --------------------------------------------------------------------------- caching
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def cache_key(**params: Any) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached(path: Path, build: Callable[[], Any]) -> Any:
+    """Load `path` if present, else build, save atomically and return. Used for decoded/generated data."""
+    path = Path(path)
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    obj = build()
+    atomic_torch_save(obj, path)
+    return obj
+
+
+# --------------------------------------------------------------------------- assembling an in-memory dataset
+def assemble(train_pool: TensorSplit, test: TensorSplit, meta: Meta, *, val: TensorSplit | None = None,
+             val_per_class: int = 0, val_fraction: float = 0.0, split_seed: int = 0,
+             imbalance: dict | None = None, augment: BatchAugment | None = None) -> Data:
+    """Turn a training pool and a test split into `Data`, the same way for every in-memory dataset.
+
+    Order matters and is fixed: (1) validation is carved out of the original training pool
+    (`val_per_class` images per class, or a `val_fraction`, chosen with `split_seed`) unless the dataset
+    has its own `val`; (2) the imbalance (if any) is drawn from what remains; (3) `meta.class_counts`
+    is set from the final training split. Test is never touched.
+    """
+    from experiments.imbalance import Imbalance, select_indices
+
+    if val is None:
+        if val_per_class and val_fraction:
+            raise UserError("set dataset.val_per_class or dataset.val_fraction, not both")
+        if val_per_class:
+            rest, held = holdout_per_class(train_pool.y, val_per_class, split_seed)
+        else:
+            rest, held = holdout_fraction(len(train_pool), val_fraction, split_seed)
+        train, val = train_pool.subset(rest), train_pool.subset(held)
+    else:
+        train = train_pool
+    spec = Imbalance(**(imbalance or {}))
+    if spec.ratio != 1:
+        train = train.subset(select_indices(train.y, meta.class_names, spec, train.names))
+    meta.class_counts = class_counts(train.y, meta.num_classes)
+    return Data(train=train, val=val, test=test, meta=meta, augment=augment)

@@ -1,0 +1,8 @@
+"""Drop-in losses: every class here is an `nn.Module` called as `loss(logits, target)` with integer targets.
+
+Each paper's losses live in their own module and are re-exported here, so users write
+`from experiments.losses import SimLoss`. See `base.py` for the engine protocol.
+"""
+from experiments.losses.base import CrossEntropy, EngineLoss
+
+__all__ = ["CrossEntropy", "EngineLoss"]

@@ -1,0 +1,76 @@
+"""The one protocol between the trainer and a loss.
+
+Every loss is an `nn.Module` usable on its own as `loss(logits, target)`. Inside the engine it may also
+use the hooks below; the trainer calls only these, never a loss by name:
+
+- `bind(meta)`            once, before training: read class counts, similarity structure, etc.
+- `extra_heads`           names of extra output heads the model must carry (each of size num_classes);
+                          the model's forward returns a dict {"logits": ..., <head>: ...}.
+- `optimizer_names`       one optimizer per name is built from the same `optim` config ("main" first).
+- `needs_index`           informational: the loss reads `batch.index` (per-example state).
+- `param_groups()`        parameters the loss owns (e.g. ROLE's label table) with an optional lr multiplier.
+- `on_epoch_start(epoch)` schedule-dependent behaviour (DRW re-weighting, warm-up).
+- `training_step(model, batch, step)` the default does one forward, `objective`, one `step`; a loss that
+                          needs two updates per batch (COT) overrides it.
+- `objective(outputs, batch)` the differentiable value for one forward pass; default `self(outputs["logits"], y)`.
+- `eval_objective(outputs, batch)` the loss reported on val/test; default `objective`. Losses with per-example
+                          state indexed by training positions must override it (val/test indices differ).
+- `scores(outputs)`       per-class probabilities for set-valued metrics: {"probs": primary, ...}.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from experiments.data import Batch, Meta
+
+
+class StepFn(Protocol):
+    def __call__(self, loss: torch.Tensor, optimizer: str = "main") -> None: ...
+
+
+class EngineLoss(nn.Module):
+    extra_heads: tuple[str, ...] = ()
+    optimizer_names: tuple[str, ...] = ("main",)
+    needs_index: bool = False
+
+    def bind(self, meta: Meta) -> None:
+        """Called once with the dataset's Meta before training."""
+
+    def param_groups(self) -> list[dict]:
+        return []
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """`epoch` counts from 0."""
+
+    def objective(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        return self(outputs["logits"], batch.y)
+
+    def eval_objective(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        return self.objective(outputs, batch)
+
+    def training_step(self, model: nn.Module, batch: Batch, step: StepFn,
+                      autocast: Callable = torch.autocast) -> dict[str, torch.Tensor]:
+        with autocast():
+            outputs = model(batch.x)
+            loss = self.objective(outputs, batch)
+        step(loss, "main")
+        return {"loss": loss.detach()}
+
+    def scores(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"probs": outputs["logits"].float().softmax(dim=1)}
+
+
+class CrossEntropy(EngineLoss):
+    """Plain cross entropy (optionally label-smoothed), mean over the batch."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing}: must be in [0, 1)")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
