@@ -12,39 +12,67 @@ import torch
 from experiments.errors import UserError
 
 
-@dataclass
+_CHOICES = {"profile": ("exp", "step"), "order": ("label", "alphabetical"),
+            "select": ("seeded", "last_by_name"), "counts": ("ldam", "official")}
+
+
+@dataclass(init=False)
 class Imbalance:
-    """`ratio` ρ = N_max/N_min (1 = balanced). `order`: which class is the head — `label` (class 0, LDAM-DRW)
-    or `alphabetical` (sorted class names, the official CCE code). `select`: which images survive —
-    `seeded` (a random subset drawn with `seed`, independent of the training seed) or `last_by_name`
-    (the last n_i file names in sorted order, the official CCE code's `os.remove` of the first files)."""
+    """`ratio` ρ = N_max/N_min (1 = balanced). `profile`: exp | step. `order`: which class is the head —
+    `label` (class 0, LDAM-DRW) or `alphabetical` (sorted class names, the official CCE code). `select`: which
+    images survive — `seeded` (LDAM-DRW's rule: per class, in label order, a NumPy RandomState(`seed`) shuffle,
+    keep the first n_i; independent of the training seed) or `last_by_name` (the last n_i file names in sorted
+    order, the official CCE code's `os.remove` of the first files). `counts`: `ldam` (int(N_max·(1/ρ)^(i/(K−1))),
+    step head = K//2) or `official` (the CCE code's numpy μ^i with μ = (1/ρ)^(1/(K−1)), step head = round(K/2)),
+    which differ by one image in some classes (CIFAR-100 ρ=100: 10,847 vs 10,846)."""
 
     ratio: float = 1.0
     profile: str = "exp"
     order: str = "label"
     select: str = "seeded"
     seed: int = 0
+    counts: str = "ldam"
 
-    def __post_init__(self):
-        if self.ratio < 1:
-            raise UserError(f"dataset.imbalance.ratio={self.ratio}: ρ = N_max/N_min must be ≥ 1 (1 = balanced)")
-        for key, allowed in (("profile", ("exp", "step")), ("order", ("label", "alphabetical")),
-                             ("select", ("seeded", "last_by_name"))):
+    def __init__(self, ratio: float = 1.0, profile: str = "exp", order: str = "label", select: str = "seeded",
+                 seed: int = 0, counts: str = "ldam", **unknown):
+        if unknown:
+            raise UserError(f"dataset.imbalance.{sorted(unknown)[0]} is not an option; use ratio, profile, order, "
+                            f"select, seed, counts")
+        try:
+            self.ratio = float(ratio)
+            self.seed = int(seed)
+        except (TypeError, ValueError):
+            raise UserError(f"dataset.imbalance.ratio={ratio!r}, seed={seed!r}: need a number ≥ 1 and an integer")
+        self.profile, self.order, self.select, self.counts = profile, order, select, counts
+        if not self.ratio >= 1:
+            raise UserError(f"dataset.imbalance.ratio={ratio}: ρ = N_max/N_min must be ≥ 1 (1 = balanced)")
+        for key, allowed in _CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"dataset.imbalance.{key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
 
 
-def counts_per_rank(n_max: int, num_classes: int, ratio: float, profile: str = "exp") -> list[int]:
-    """Images kept for the class of rank i (0 = head), LDAM-DRW's formula with imb_factor = 1/ρ.
+def counts_per_rank(n_max: int, num_classes: int, ratio: float, profile: str = "exp",
+                    formula: str = "ldam") -> list[int]:
+    """Images kept for the class of rank i (0 = head).
 
-    exp: int(n_max · (1/ρ)^(i/(K−1))); step: the first K//2 classes keep n_max, the rest int(n_max/ρ).
+    `ldam` (LDAM-DRW, imb_factor = 1/ρ): exp int(n_max·(1/ρ)^(i/(K−1))); step: the first K//2 classes keep
+    n_max, the rest int(n_max·(1/ρ)). `official` (CCE `util_for_imbalance_setting.py`): exp
+    int(n_max·μ^i) with μ = np.power(1/ρ, 1/(K−1)); step: the first round(K/2) keep n_max, the rest int(n_max/ρ).
     """
     if num_classes == 1 or ratio == 1:
         return [n_max] * num_classes
+    if formula == "official":
+        import numpy as np
+
+        if profile == "exp":
+            mu = np.power(1 / ratio, 1 / (num_classes - 1))
+            return [int(n_max * np.power(mu, i)) for i in range(num_classes)]
+        head = int(np.round(num_classes / 2))
+        return [n_max] * head + [int(n_max / ratio)] * (num_classes - head)
     if profile == "exp":
         return [int(n_max * (1.0 / ratio) ** (i / (num_classes - 1))) for i in range(num_classes)]
     half = num_classes // 2
-    return [n_max] * half + [int(n_max / ratio)] * (num_classes - half)
+    return [n_max] * half + [int(n_max * (1.0 / ratio))] * (num_classes - half)
 
 
 def class_ranks(class_names: Sequence[str], order: str) -> list[int]:
@@ -61,22 +89,33 @@ def class_ranks(class_names: Sequence[str], order: str) -> list[int]:
 
 def select_indices(y: torch.Tensor, class_names: Sequence[str], spec: Imbalance,
                    names: Sequence[str] | None = None) -> torch.Tensor:
-    """Sorted indices into `y` of the training images kept under `spec`."""
+    """Sorted indices into `y` of the training images kept under `spec`.
+
+    N_max is the largest class of the pool handed in (after any validation hold-out). With `select=seeded`
+    the subset is LDAM-DRW's: one RandomState(seed), classes visited in label order, `shuffle` of the class's
+    indices (ascending), keep the first n_i — the same images LDAM keeps when the pool is CIFAR's file order.
+    """
+    import numpy as np
+
     k = len(class_names)
-    per_class = [torch.nonzero(y == c).flatten() for c in range(k)]
-    n_max = max(len(i) for i in per_class)
-    counts = counts_per_rank(n_max, k, spec.ratio, spec.profile)
+    y_np = y.cpu().numpy()
+    per_class = [np.nonzero(y_np == c)[0] for c in range(k)]
+    n_max = max((len(i) for i in per_class), default=0)
+    counts = counts_per_rank(n_max, k, spec.ratio, spec.profile, spec.counts)
     rank = class_ranks(class_names, spec.order)
-    g = torch.Generator().manual_seed(spec.seed)
+    if spec.select == "last_by_name" and names is None:
+        raise UserError("dataset.imbalance.select=last_by_name needs file names, which this dataset "
+                        "does not carry; use dataset.imbalance.select=seeded")
+    rng = np.random.RandomState(spec.seed)
     kept = []
     for c, idx in enumerate(per_class):
         n = min(counts[rank[c]], len(idx))
         if spec.select == "seeded":
-            kept.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+            idx = idx.copy()
+            rng.shuffle(idx)
+            kept.append(idx[:n])
         else:
-            if names is None:
-                raise UserError("dataset.imbalance.select=last_by_name needs file names, which this dataset "
-                                "does not carry; use dataset.imbalance.select=seeded")
             order = sorted(idx.tolist(), key=lambda i: names[i])
-            kept.append(torch.tensor(order[len(order) - n:], dtype=torch.long))
-    return torch.cat(kept).sort().values
+            kept.append(np.asarray(order[len(order) - n:], dtype=np.int64))
+    out = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(out.astype(np.int64))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_key, cached
+from image_classification.wordvectors import write_word2vec_text
 
 GENERATOR_VERSION = 1
 
@@ -79,15 +80,25 @@ class SyntheticCifar:
     def cache_path(self) -> Path:
         return self.root / f"synthetic_cifar_v{GENERATOR_VERSION}_{cache_key(**self.gen)}.pt"
 
+    def class_vectors(self, class_names: list[str], prototypes: torch.Tensor) -> Path:
+        """word2vec text file of the class prototypes (8×8-pooled), the stand-in for word embeddings."""
+        path = self.cache_path.with_suffix(".vectors.txt")
+        if not path.exists():
+            pooled = torch.nn.functional.adaptive_avg_pool2d(prototypes.float(), 8).flatten(1)
+            write_word2vec_text(path, class_names, pooled.numpy())
+        return path
+
     def __call__(self):
         raw = cached(self.cache_path, lambda: generate(**self.gen))
         k = len(raw["superclass"])
         nsup = self.gen["num_superclasses"]
-        meta = Meta(num_classes=k, class_names=[f"class_{c:03d}" for c in range(k)],
+        class_names = [f"class_{c:03d}" for c in range(k)]
+        vectors = self.class_vectors(class_names, raw["prototypes"])
+        meta = Meta(num_classes=k, class_names=class_names,
                     class_counts=torch.zeros(k, dtype=torch.long), channels=3, image_size=self.gen["image_size"],
                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), superclass=raw["superclass"].long(),
                     superclass_names=[f"super_{s:02d}" for s in range(nsup)], natural_similarity="superclass",
-                    extras={"prototypes": raw["prototypes"]})
+                    extras={"prototypes": raw["prototypes"], "class_vectors_path": str(vectors)})
         names = [f"img_{i:06d}.png" for i in range(len(raw["y_train"]))]
         pool = TensorSplit(raw["x_train"], raw["y_train"], names)
         test = TensorSplit(raw["x_test"], raw["y_test"])

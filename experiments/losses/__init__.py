@@ -6,3 +6,5 @@ Each paper's losses live in their own module and are re-exported here, so users 
 from experiments.losses.base import CrossEntropy, EngineLoss
 
 __all__ = ["CrossEntropy", "EngineLoss"]
+from experiments.losses.complement import ComplementCrossEntropy, ComplementEntropy; from experiments.losses.longtail import BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss  # noqa: E402,E702 (CCE)
+from experiments.losses.simloss import SimLoss  # noqa: E402,F401

@@ -1,0 +1,100 @@
+"""Split-conformal set predictors (APS, RAPS) calibrated on validation so the mean set size is K.
+
+A conformal set is {j : s(x, j) ≤ t}. Split conformal picks t as a quantile of the true-label scores for a
+target miscoverage α; here t is instead chosen so that the mean validation set size is K (the same midpoint rule
+as average-K, applied to the ascending N·C non-conformity scores), which is what bisection over α converges to.
+The implied α (1 − validation coverage) is reported as `<method>_alpha@K`.
+
+LAC / THR (s = 1 − p_y) gives sets {j : p_j ≥ 1 − t}: calibrated to mean size K it *is* softmax average-K
+thresholding, so it is not repeated here.
+APS (Romano et al. 2020): s(x, j) = mass of the classes ranked at or above j (optionally minus U·p_j).
+RAPS (Angelopoulos et al. 2021): APS + penalty · max(0, rank(j) − k_reg), rank counted from 1.
+Scores that are not a distribution (sigmoid heads) are renormalised to sum to one per row.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from average_k.metrics import avgk_threshold, k_label, per_class_mean, nanmean
+from experiments.errors import UserError
+from experiments.metrics import EvalOutputs, Metric
+
+
+def aps_scores(probs: torch.Tensor, penalty: float = 0.0, kreg: float = 0.0,
+               u: torch.Tensor | None = None) -> torch.Tensor:
+    """N×C non-conformity score of every class; `u` (N×C uniforms) randomises, None = deterministic."""
+    p = probs.detach().double()
+    p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    ordered, order = p.sort(dim=1, descending=True, stable=True)
+    cum = ordered.cumsum(dim=1)
+    if u is not None:
+        cum = cum - u.double() * ordered
+    if penalty:
+        rank = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
+        cum = cum + penalty * (rank - kreg).clamp_min(0)[None, :]
+    return torch.empty_like(cum).scatter_(1, order, cum)
+
+
+def size_calibrated_threshold(nonconformity: torch.Tensor, k: float) -> float:
+    """t such that the mean size of {j : s_j ≤ t} over the calibration rows is K (midpoint rule, ascending)."""
+    return -avgk_threshold(-nonconformity, k)
+
+
+class ConformalSets(Metric):
+    """APS / RAPS sets on the primary scores (or `score_key`), t fitted on validation for each K."""
+
+    METHODS = ("aps", "raps")
+
+    def __init__(self, ks: Sequence[float] = (1, 2, 3, 5), methods: Sequence[str] = ("aps", "raps"),
+                 score_key: str = "probs", randomized: bool = False, seed: int = 0,
+                 raps_penalty: float = 0.01, raps_kreg: float | None = None):
+        bad = [m for m in methods if m not in self.METHODS]
+        if bad:
+            raise UserError(f"conformal methods {bad} unknown; choose from {', '.join(self.METHODS)}")
+        if raps_penalty < 0:
+            raise UserError(f"raps_penalty={raps_penalty} must be ≥ 0")
+        self.ks = tuple(float(k) for k in ks)
+        self.methods, self.score_key = tuple(methods), score_key
+        self.randomized, self.seed = randomized, seed
+        self.raps_penalty, self.raps_kreg = raps_penalty, raps_kreg
+
+    def _scores(self, probs: torch.Tensor, method: str, k: float) -> torch.Tensor:
+        u = None
+        if self.randomized:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + probs.shape[0])
+            u = torch.rand(probs.shape, generator=g, dtype=torch.float64)
+        if method == "aps":
+            return aps_scores(probs, u=u)
+        kreg = self.raps_kreg if self.raps_kreg is not None else float(math.floor(k))
+        return aps_scores(probs, self.raps_penalty, kreg, u)
+
+    def _probs(self, out: EvalOutputs) -> torch.Tensor:
+        if self.score_key not in out.scores:
+            raise UserError(f"conformal score_key={self.score_key!r} not among the loss's scores "
+                            f"{sorted(out.scores)}; set it to one of them")
+        return out.scores[self.score_key]
+
+    def fit(self, val: EvalOutputs, meta) -> dict[tuple[str, float], float]:
+        probs = self._probs(val)
+        return {(m, k): size_calibrated_threshold(self._scores(probs, m, k), k)
+                for m in self.methods for k in self.ks}
+
+    def __call__(self, out: EvalOutputs, meta, state: Any = None) -> dict[str, Any]:
+        if state is None:
+            state = self.fit(out, meta)
+        probs, t = self._probs(out), out.targets.long()
+        res: dict[str, Any] = {}
+        for m in self.methods:
+            for k in self.ks:
+                s = self._scores(probs, m, k)
+                sets = s <= state[(m, k)]
+                hit = sets.gather(1, t.view(-1, 1)).squeeze(1)
+                lab = k_label(k)
+                res[f"{m}_acc@{lab}"] = hit.double().mean().item()
+                res[f"{m}_macro_acc@{lab}"] = nanmean(per_class_mean(hit, t, meta.num_classes))
+                res[f"{m}_size@{lab}"] = sets.sum(dim=1).double().mean().item()
+                res[f"{m}_alpha@{lab}"] = 1.0 - res[f"{m}_acc@{lab}"]
+        return res

@@ -1,0 +1,104 @@
+"""Pl@ntNet-300K v1.1 (1,081 species) read from its folders and streamed with workers.
+
+Accepted layouts (first found wins): `<root>/images/{train,val,test}/<species_id>/*.jpg` (the archive) and
+`<root>/{train,val,test}/<species_id>/*.jpg` (the official code's ImageFolder root). Class order: the optional
+`class_idx_to_species_id.json` (the order of the released weights), else sorted folder names over all splits
+(identical to ImageFolder's when every split has every species). `plantnet300K_species_id_2_name.json`, if
+present, names the classes. Transforms as the official code: Resize(resize) → RandomCrop(crop) for training,
+Resize(resize) → CenterCrop(crop) for evaluation, no flip; ImageNet statistics when `pretrained_stats`.
+`scale` < 1 keeps the first max(1, round(scale·n)) files of each species in each split (quick looks, smoke runs).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from experiments.data import Data, FolderSplit, Meta, class_counts
+from experiments.errors import UserError
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXT = (".jpg", ".jpeg", ".png")
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+PLANTNET = ((0.4425, 0.4695, 0.3266), (0.2353, 0.2219, 0.2325))
+
+
+def find_split_root(root: Path) -> Path:
+    for cand in (root / "images", root):
+        if all((cand / s).is_dir() for s in SPLITS):
+            return cand
+    raise UserError(f"dataset.root={root} has neither images/{{train,val,test}}/ nor {{train,val,test}}/; "
+                    f"unpack Pl@ntNet-300K v1.1 (Zenodo record 5645731, not 'latest') there or set dataset.root")
+
+
+def list_split(split_dir: Path) -> dict[str, list[str]]:
+    """species folder → sorted image paths."""
+    out = {}
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if entry.is_dir():
+            files = sorted(f.path for f in os.scandir(entry.path) if f.name.lower().endswith(IMAGE_EXT))
+            out[entry.name] = files
+    return out
+
+
+def _read_json(path: Path):
+    with open(path) as f:
+        return json.load(f)
+
+
+class PlantNet300K:
+    def __init__(self, root: str, resize: int = 256, crop: int = 224, pretrained_stats: bool = True,
+                 scale: float = 1.0):
+        if not 0 < scale <= 1:
+            raise UserError(f"dataset.scale={scale}: must be in (0, 1] (fraction of each species' images kept)")
+        if crop > resize:
+            raise UserError(f"dataset.crop={crop} > dataset.resize={resize}; crop must fit in the resized image")
+        self.root = Path(root)
+        self.resize, self.crop = int(resize), int(crop)
+        self.stats = IMAGENET if pretrained_stats else PLANTNET
+        self.scale = float(scale)
+
+    def transforms(self):
+        from torchvision import transforms as T
+
+        norm = [T.ToTensor(), T.Normalize(*self.stats)]
+        train = T.Compose([T.Resize(self.resize), T.RandomCrop(self.crop), *norm])
+        evaluate = T.Compose([T.Resize(self.resize), T.CenterCrop(self.crop), *norm])
+        return train, evaluate
+
+    def class_order(self, listed: dict[str, dict[str, list[str]]]) -> list[str]:
+        idx_file = self.root / "class_idx_to_species_id.json"
+        if idx_file.exists():
+            mapping = _read_json(idx_file)
+            return [str(mapping[str(i)]) for i in range(len(mapping))]
+        return sorted(set().union(*(set(v) for v in listed.values())))
+
+    def __call__(self) -> Data:
+        base = find_split_root(self.root)
+        listed = {s: list_split(base / s) for s in SPLITS}
+        classes = self.class_order(listed)
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = sorted(set().union(*(set(v) for v in listed.values())) - set(index))
+        if unknown:
+            raise UserError(f"species folders {unknown[:3]} are not in class_idx_to_species_id.json; "
+                            f"use the v1.1 metadata that matches the images or remove the file")
+        train_tf, eval_tf = self.transforms()
+        splits = {}
+        for s in SPLITS:
+            files, labels = [], []
+            for name, paths in listed[s].items():
+                if self.scale < 1:
+                    paths = paths[: max(1, round(len(paths) * self.scale))]
+                files += paths
+                labels += [index[name]] * len(paths)
+            if not files:
+                raise UserError(f"no images under {base / s}; expected {s}/<species_id>/*.jpg")
+            splits[s] = FolderSplit(files, torch.tensor(labels, dtype=torch.long), train_tf if s == "train" else eval_tf)
+        names_file = self.root / "plantnet300K_species_id_2_name.json"
+        id2name = _read_json(names_file) if names_file.exists() else {}
+        meta = Meta(num_classes=len(classes), class_names=[str(id2name.get(c, c)) for c in classes],
+                    class_counts=class_counts(splits["train"].y, len(classes)), channels=3, image_size=self.crop,
+                    mean=self.stats[0], std=self.stats[1], extras={"species_ids": classes, "root": str(base)})
+        return Data(train=splits["train"], val=splits["val"], test=splits["test"], meta=meta, augment=None)

@@ -1,0 +1,225 @@
+"""Long-tail baselines that read the training class counts n_c from `bind(meta)` (or `class_counts=` when used
+drop-in): class-balanced re-weighting (Cui 2019), LDAM with deferred re-weighting (Cao 2019), balanced softmax
+(Ren 2020), logit adjustment as a loss and post-hoc (Menon 2021).
+
+Empty classes (n_c = 0) never produce inf/NaN: CB weight 0, LDAM margin = the largest margin, and the log-prior
+of balanced softmax / logit adjustment uses max(n_c, 1).
+
+Post-hoc logit adjustment is an evaluation-time metric, not a loss: `PostHocLogitAdjustment` (add it to the
+`metrics:` of an experiment) re-scores any run's logits as z − τ·log π and reports accuracy, balanced and
+shot-group accuracy under `la_*` names. With several `taus`, τ is chosen on the validation split and applied
+unchanged to test (never fitted on test).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from experiments.data import Meta
+from experiments.errors import UserError
+from experiments.losses.base import EngineLoss
+from experiments.losses.focal import FocalLoss, as_float, focal_terms  # noqa: F401 (FocalLoss re-exported)
+from experiments.metrics import Accuracy, ClassAccuracy, EvalOutputs, Metric
+
+
+def class_balanced_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
+    """Cui et al.: w_c = (1−β)/(1−β^{n_c}), normalised to sum K (LDAM-DRW's code); 0 for empty classes.
+    β = 1 is the inverse-frequency limit 1/n_c; β = 0 gives all ones."""
+    n = counts.double()
+    present = n > 0
+    if beta >= 1.0:
+        w = torch.where(present, 1.0 / n.clamp_min(1), torch.zeros_like(n))
+    else:
+        w = torch.where(present, (1.0 - beta) / (1.0 - beta ** n).clamp_min(1e-300), torch.zeros_like(n))
+    if w.sum() == 0:
+        return torch.ones_like(n)
+    return w / w.sum() * len(n)
+
+
+def ldam_margins(counts: torch.Tensor, max_m: float) -> torch.Tensor:
+    """m_c = n_c^{−1/4} rescaled so the largest margin is `max_m` (LDAM-DRW `LDAMLoss`)."""
+    n = counts.double()
+    present = n > 0
+    if not present.any():
+        return torch.full_like(n, max_m)
+    m = torch.where(present, n.clamp_min(1) ** -0.25, torch.zeros_like(n))
+    m = m * (max_m / m.max())
+    return torch.where(present, m, torch.full_like(m, max_m))
+
+
+def log_prior(counts: torch.Tensor) -> torch.Tensor:
+    n = counts.double().clamp_min(1)
+    return (n / n.sum()).log()
+
+
+class _CountsLoss(EngineLoss):
+    """Holds n_c from `bind(meta)` or the `class_counts` argument; subclasses precompute in `_prepare`."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("counts", None, persistent=False)
+
+    def _init_counts(self, class_counts: Sequence[int] | torch.Tensor | None) -> None:
+        if class_counts is not None:
+            self._set_counts(torch.as_tensor(list(class_counts) if not torch.is_tensor(class_counts)
+                                             else class_counts))
+
+    def _set_counts(self, counts: torch.Tensor) -> None:
+        counts = counts.long().flatten()
+        if (counts < 0).any():
+            raise UserError("class counts must be ≥ 0")
+        self.counts = counts
+        self._prepare(counts)
+
+    def _prepare(self, counts: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def bind(self, meta: Meta) -> None:
+        self._set_counts(torch.as_tensor(meta.class_counts))
+
+    def _require(self, logits: torch.Tensor) -> None:
+        if self.counts is None:
+            raise UserError(f"{type(self).__name__} needs class counts: call bind(meta) or pass class_counts=")
+        if logits.shape[1] != len(self.counts):
+            raise ValueError(f"{type(self).__name__}: {logits.shape[1]} logits but {len(self.counts)} class counts")
+
+
+class ClassBalancedLoss(_CountsLoss):
+    """w_{y}·L(z, y) with Cui's effective-number weights. `base`: ce | focal (softmax focal, `gamma`).
+    `reduction`: mean (Σ w_i L_i / N, Cui) | weighted_mean (Σ w_i L_i / Σ w_i, PyTorch `weight=` as in LDAM-DRW)."""
+
+    def __init__(self, beta: float = 0.9999, base: str = "ce", gamma: float = 1.0, reduction: str = "mean",
+                 class_counts: Sequence[int] | None = None):
+        super().__init__()
+        if not 0.0 <= beta <= 1.0:
+            raise UserError(f"loss.beta={beta}: must be in [0, 1]")
+        if base not in ("ce", "focal"):
+            raise UserError(f"loss.base={base!r}: choose ce or focal")
+        if reduction not in ("mean", "weighted_mean"):
+            raise UserError(f"loss.reduction={reduction!r}: choose mean or weighted_mean")
+        self.beta, self.base, self.gamma, self.reduction = float(beta), base, float(gamma), reduction
+        self._init_counts(class_counts)
+
+    def _prepare(self, counts):
+        self.register_buffer("weights", class_balanced_weights(counts, self.beta), persistent=False)
+
+    def forward(self, logits, target):
+        self._require(logits)
+        terms = focal_terms(logits, target, self.gamma if self.base == "focal" else 0.0)
+        w = self.weights.to(terms)[target]
+        if self.reduction == "mean":
+            return (w * terms).mean()
+        return (w * terms).sum() / w.sum().clamp_min(1e-12)
+
+
+class LDAMLoss(_CountsLoss):
+    """LDAM-DRW: CE(s·(z − m_y·e_y), y, weight=w), m_c ∝ n_c^{−1/4} (max `max_m`). DRW: w = 1 before the switch
+    epoch, CB weights (β) from it on (`epoch >= drw_epoch`, epochs from 0; LDAM: 160 of 200). `drw_fraction`
+    sets the switch as a fraction of trainer.epochs instead; both null = LDAM without DRW.
+    `s` multiplies all logits; LDAM's code pairs s = 30 with a cosine (NormedLinear) head (docs/cce.md)."""
+
+    def __init__(self, max_m: float = 0.5, s: float = 30.0, drw_epoch: int | None = 160,
+                 drw_fraction: float | None = None, beta: float = 0.9999,
+                 class_counts: Sequence[int] | None = None):
+        super().__init__()
+        if max_m < 0 or s <= 0:
+            raise UserError(f"loss.max_m={max_m}, loss.s={s}: need max_m ≥ 0 and s > 0")
+        if drw_epoch is not None and drw_fraction is not None:
+            raise UserError("set loss.drw_epoch or loss.drw_fraction, not both (null the other)")
+        if drw_fraction is not None and not 0.0 <= drw_fraction <= 1.0:
+            raise UserError(f"loss.drw_fraction={drw_fraction}: must be in [0, 1]")
+        if not 0.0 <= beta <= 1.0:
+            raise UserError(f"loss.beta={beta}: must be in [0, 1]")
+        self.max_m, self.s, self.beta = float(max_m), float(s), float(beta)
+        self.drw_epoch, self.drw_fraction = drw_epoch, drw_fraction
+        self.drw_active = False
+        self._init_counts(class_counts)
+
+    def _prepare(self, counts):
+        self.register_buffer("margins", ldam_margins(counts, self.max_m), persistent=False)
+        self.register_buffer("drw_weights", class_balanced_weights(counts, self.beta), persistent=False)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        if self.drw_fraction is not None:
+            start = int(round(self.drw_fraction * num_epochs))
+        elif self.drw_epoch is not None:
+            start = int(self.drw_epoch)
+        else:
+            self.drw_active = False
+            return
+        self.drw_active = epoch >= start
+
+    def forward(self, logits, target):
+        self._require(logits)
+        z = as_float(logits)
+        m = self.margins.to(z)[target]
+        z = z - F.one_hot(target, z.shape[1]).to(z.dtype) * m[:, None]
+        weight = self.drw_weights.to(z) if self.drw_active else None
+        return F.cross_entropy(self.s * z, target, weight=weight)
+
+
+class BalancedSoftmax(_CountsLoss):
+    """Ren et al. 2020: CE(z + log n, y) (the official `logits + spc.log()`); n_c clamped to ≥ 1."""
+
+    def __init__(self, class_counts: Sequence[int] | None = None):
+        super().__init__()
+        self._init_counts(class_counts)
+
+    def _prepare(self, counts):
+        self.register_buffer("log_counts", counts.double().clamp_min(1).log(), persistent=False)
+
+    def forward(self, logits, target):
+        self._require(logits)
+        z = as_float(logits)
+        return F.cross_entropy(z + self.log_counts.to(z), target)
+
+
+class LogitAdjustedLoss(_CountsLoss):
+    """Menon et al. 2021 logit-adjusted loss: CE(z + τ·log π, y), π = n/Σn (τ = 1 ≡ balanced softmax)."""
+
+    def __init__(self, tau: float = 1.0, class_counts: Sequence[int] | None = None):
+        super().__init__()
+        self.tau = float(tau)
+        self._init_counts(class_counts)
+
+    def _prepare(self, counts):
+        self.register_buffer("log_prior", log_prior(counts), persistent=False)
+
+    def forward(self, logits, target):
+        self._require(logits)
+        z = as_float(logits)
+        return F.cross_entropy(z + self.tau * self.log_prior.to(z), target)
+
+
+class PostHocLogitAdjustment(Metric):
+    """Post-hoc logit adjustment (Menon 2021): predict argmax_y z_y − τ·log π_y with π the training prior.
+
+    Reports `la_accuracy`, `la_balanced_accuracy`, `la_{many,medium,few}_shot_accuracy` and `la_tau`.
+    `taus` (optional list): τ is chosen by validation balanced accuracy in `fit` and reused on test.
+    """
+
+    def __init__(self, tau: float = 1.0, taus: Sequence[float] | None = None, many: int = 100, few: int = 20):
+        self.tau = float(tau)
+        self.taus = [float(t) for t in taus] if taus else None
+        self.class_acc = ClassAccuracy(many=many, few=few, per_class=False)
+
+    def _adjusted(self, out: EvalOutputs, meta: Meta, tau: float) -> EvalOutputs:
+        z = as_float(out.logits)
+        z = z - tau * log_prior(torch.as_tensor(meta.class_counts)).to(z)
+        return EvalOutputs(outputs={"logits": z}, scores={}, targets=out.targets)
+
+    def fit(self, val: EvalOutputs, meta: Meta) -> Any:
+        if not self.taus:
+            return self.tau
+        scored = [(self.class_acc(self._adjusted(val, meta, t), meta)["balanced_accuracy"], -abs(t - 1.0), t)
+                  for t in self.taus]
+        return max(scored)[2]
+
+    def __call__(self, out: EvalOutputs, meta: Meta, state: Any = None) -> dict[str, Any]:
+        tau = self.tau if state is None else float(state)
+        adj = self._adjusted(out, meta, tau)
+        res = {"la_tau": tau, "la_accuracy": Accuracy()(adj, meta)["accuracy"]}
+        res.update({f"la_{k}": v for k, v in self.class_acc(adj, meta).items()})
+        return res

@@ -1,0 +1,143 @@
+"""The results store: one JSON per run under `<results_dir>/runs/<experiment_name>/<run_id>.json`.
+
+`run_id` hashes the resolved config without volatile keys (paths, device, display, sweep/table specs), so
+the same experiment on another machine or data location is the same run. Writes are atomic (temp + rename).
+`load_runs(results_dir)` is the one API for tables, plots and notebooks.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments.data import atomic_write_bytes
+
+SCHEMA_VERSION = 1
+
+# Keys that do not change what a run computes; dotted paths into the resolved config.
+VOLATILE_KEYS = (
+    "results_dir", "data_dir", "debug", "sweeps", "tables", "profile",
+    "dataset.root", "dataset.download", "dataset.num_workers",
+    "trainer.device", "trainer.progress", "trainer.num_workers", "trainer.cpu_threads", "trainer.interrupt_after",
+    "trainer.keep_checkpoint", "trainer.eval_batch_size",
+)
+
+
+def _drop(cfg: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node = cfg
+    for p in parents:
+        if not isinstance(node, dict) or p not in node:
+            return
+        node = node[p]
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def stable_config(resolved: dict) -> dict:
+    cfg = json.loads(json.dumps(resolved, default=str))
+    for key in VOLATILE_KEYS:
+        _drop(cfg, key)
+    return cfg
+
+
+def compute_run_id(resolved: dict) -> str:
+    payload = json.dumps(stable_config(resolved), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def run_json_path(results_dir: str | Path, experiment_name: str, run_id: str) -> Path:
+    return Path(results_dir) / "runs" / experiment_name / f"{run_id}.json"
+
+
+def work_dir(results_dir: str | Path, experiment_name: str, run_id: str) -> Path:
+    """Checkpoints of an unfinished run live here (the run dir)."""
+    return Path(results_dir) / "work" / experiment_name / run_id
+
+
+def write_record(path: Path, record: dict) -> None:
+    payload = json.dumps(record, indent=1, sort_keys=False, allow_nan=True, default=str).encode()
+    atomic_write_bytes(Path(path), payload)
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("-dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import hydra
+    import numpy
+    import torch
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__, "numpy": numpy.__version__,
+            "pandas": pd.__version__}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+RECORD_COLUMNS = ("run_id", "experiment_name", "dataset", "model", "loss", "seed", "status", "selected_epoch",
+                  "duration_s", "git_commit", "device", "error")
+
+
+def load_runs(results_dir: str | Path, experiment: str | None = None) -> pd.DataFrame:
+    """One row per run JSON: record fields, `metrics` as columns (`test/accuracy`, ...), the resolved config
+    flattened to dotted columns (`loss.r`, `dataset.imbalance.ratio`, ...), and `data.*` sizes.
+
+    Group choices (`dataset`, `model`, `loss`) are the config-group option names. Runs of every status are
+    returned; filter `status == "completed"` for tables.
+    """
+    root = Path(results_dir) / "runs"
+    pattern = f"{experiment}/*.json" if experiment else "*/*.json"
+    rows = []
+    for path in sorted(root.glob(pattern)):
+        rec = read_record(path)
+        if rec is None:
+            continue
+        row = {k: rec.get(k) for k in RECORD_COLUMNS}
+        row.update({f"data.{k}": v for k, v in (rec.get("data") or {}).items() if not isinstance(v, list)})
+        cfg = _flatten(rec.get("config") or {})
+        for k, v in cfg.items():
+            if k not in row and not k.startswith(("hydra.", "sweeps.", "tables.", "metrics.")):
+                row[k] = v
+        row.update(rec.get("metrics") or {})
+        row["path"] = str(path)
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=list(RECORD_COLUMNS) + ["path"])
+    return pd.DataFrame(rows)

@@ -1,0 +1,191 @@
+"""Class-similarity matrices for SimLoss: ordinal, word-embedding cosine (with lower bound), superclass, identity.
+
+All builders return float64 C×C tensors with values in [0, 1] and ones on the diagonal.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from experiments.data import Meta, atomic_torch_save, cache_key
+from experiments.errors import UserError
+from image_classification.wordvectors import FORMATS, read_vectors
+
+log = logging.getLogger(__name__)
+
+KINDS = ("ordinal", "embedding", "superclass", "identity")
+
+
+def identity_similarity(num_classes: int) -> torch.Tensor:
+    return torch.eye(num_classes, dtype=torch.float64)
+
+
+def ordinal_similarity(num_classes: int, r: float) -> torch.Tensor:
+    """S[i,j] = r^|i−j| (r = 0 gives the identity: 0^0 = 1)."""
+    if not 0.0 <= r < 1.0:
+        raise ValueError(f"r={r}: must satisfy 0 ≤ r < 1")
+    idx = torch.arange(num_classes, dtype=torch.float64)
+    return torch.pow(torch.tensor(float(r), dtype=torch.float64), (idx[:, None] - idx[None, :]).abs())
+
+
+def lower_bound_rescale(similarity: torch.Tensor, lower_bound: float) -> torch.Tensor:
+    """S' = max(0, (S − l)/(1 − l)), the official CIFAR rescaling; the diagonal stays 1."""
+    if not 0.0 <= lower_bound < 1.0:
+        raise ValueError(f"lower_bound={lower_bound}: must satisfy 0 ≤ l < 1")
+    s = ((similarity.double() - lower_bound) / (1.0 - lower_bound)).clamp(0.0, 1.0)
+    s.fill_diagonal_(1.0)
+    return s
+
+
+def cosine_similarity_matrix(vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of the rows (may be negative); diagonal exactly 1."""
+    v = torch.as_tensor(np.asarray(vectors), dtype=torch.float64)
+    norms = v.norm(dim=1, keepdim=True)
+    if (norms == 0).any():
+        raise ValueError("a class vector is all zeros; its cosine similarity is undefined")
+    u = v / norms
+    s = (u @ u.T).clamp(-1.0, 1.0)
+    s.fill_diagonal_(1.0)
+    return s
+
+
+def superclass_similarity(superclass: torch.Tensor | Sequence[int], s: float) -> torch.Tensor:
+    """1 on the diagonal, `s` for two classes of the same superclass, 0 otherwise."""
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"superclass_sim={s}: must lie in [0, 1]")
+    sup = torch.as_tensor(superclass).long()
+    m = (sup[:, None] == sup[None, :]).double() * s
+    m.fill_diagonal_(1.0)
+    return m
+
+
+# --------------------------------------------------------------------------- word-embedding similarity
+def _candidates(query: str, class_name: str) -> list[str]:
+    out = [query, class_name, query.replace(" ", "_"), class_name.replace(" ", "_")]
+    return list(dict.fromkeys(out))
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in name.replace("_", " ").split(" ") if p]
+
+
+def class_vectors(path: str | Path, queries: Sequence[str], class_names: Sequence[str],
+                  fmt: str = "auto") -> tuple[np.ndarray, list[str]]:
+    """One vector per class: the first of (query, class name) found; else the mean of its words' vectors.
+
+    Returns (vectors, keys used). Raises UserError naming the classes with no vector.
+    """
+    wanted = set()
+    for q, n in zip(queries, class_names):
+        wanted.update(_candidates(q, n))
+        wanted.update(_parts(q))
+    found = read_vectors(path, wanted, fmt)
+    vecs, keys, missing = [], [], []
+    for q, n in zip(queries, class_names):
+        hit = next((c for c in _candidates(q, n) if c in found), None)
+        if hit is not None:
+            vecs.append(found[hit])
+            keys.append(hit)
+            continue
+        parts = _parts(q)
+        if len(parts) > 1 and all(p in found for p in parts):
+            vecs.append(np.mean([found[p] for p in parts], axis=0))
+            keys.append("+".join(parts))
+            continue
+        missing.append(f"{n} (query {q!r})")
+    if missing:
+        raise UserError(f"word-vector file {path} has no vector for {len(missing)} class(es): "
+                        f"{', '.join(missing)}; use a file that covers them (CIFAR-100 with word2vec: "
+                        f"dataset.classes=96)")
+    dims = {len(v) for v in vecs}
+    if len(dims) != 1:
+        raise UserError(f"word-vector file {path} mixes vector lengths {sorted(dims)}; the file is corrupt")
+    return np.stack(vecs), keys
+
+
+def embedding_cosine(path: str | Path, queries: Sequence[str], class_names: Sequence[str] | None = None,
+                     fmt: str = "auto", cache: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Cosine matrix of the class vectors from `path`, cached in a file next to `path` with its source."""
+    path = Path(path).expanduser()
+    class_names = list(class_names) if class_names is not None else list(queries)
+    if not path.is_file():
+        raise UserError(f"loss.embeddings={path} does not exist; put a word2vec/GloVe file there "
+                        f"(e.g. GoogleNews-vectors-negative300.bin) or set loss.embeddings")
+    st = path.stat()
+    key = cache_key(queries=list(queries), names=class_names, size=st.st_size, mtime=st.st_mtime_ns, fmt=fmt)
+    cache_path = path.with_name(f"{path.name}.simloss_cosine_{key}.pt")
+    if cache and cache_path.exists():
+        stored = torch.load(cache_path, weights_only=False)
+        return stored["cosine"], stored["source"]
+    vectors, keys = class_vectors(path, queries, class_names, fmt)
+    cosine = cosine_similarity_matrix(vectors)
+    source = {"kind": "embedding", "file": str(path.resolve()), "file_size": st.st_size,
+              "file_mtime_ns": st.st_mtime_ns, "format": fmt, "class_names": class_names,
+              "queries": list(queries), "keys": keys, "cache": str(cache_path)}
+    if cache:
+        try:
+            atomic_torch_save({"cosine": cosine, "source": source}, cache_path)
+        except OSError as e:
+            log.warning("could not cache the similarity matrix at %s (%s); it will be recomputed", cache_path, e)
+            source["cache"] = None
+    return cosine, source
+
+
+# --------------------------------------------------------------------------- config-facing builder
+@dataclass
+class SimilaritySpec:
+    """The `loss.*` keys that define S. `kind=None` means the dataset's natural similarity."""
+
+    kind: str | None = None
+    r: float = 0.5
+    lower_bound: float = 0.0
+    embeddings: str | None = None
+    superclass_sim: float = 0.5
+    embedding_format: str = "auto"
+
+    def __post_init__(self):
+        if self.kind is not None and self.kind not in KINDS:
+            raise UserError(f"loss.similarity={self.kind!r}: choose one of {', '.join(KINDS)} or null "
+                            f"(the dataset's natural similarity)")
+        if not 0.0 <= self.r < 1.0:
+            raise UserError(f"loss.r={self.r}: the ordinal factor must satisfy 0 ≤ r < 1")
+        if not 0.0 <= self.lower_bound < 1.0:
+            raise UserError(f"loss.lower_bound={self.lower_bound}: must satisfy 0 ≤ l < 1")
+        if not 0.0 <= self.superclass_sim <= 1.0:
+            raise UserError(f"loss.superclass_sim={self.superclass_sim}: must lie in [0, 1]")
+        if self.embedding_format not in FORMATS:
+            raise UserError(f"loss.embedding_format={self.embedding_format!r}: choose one of {', '.join(FORMATS)}")
+
+
+def build_similarity(spec: SimilaritySpec, meta: Meta) -> tuple[torch.Tensor, dict[str, Any]]:
+    """S for the dataset described by `meta`, and a record of where it came from."""
+    kind = spec.kind or meta.natural_similarity
+    k = meta.num_classes
+    if kind is None:
+        raise UserError("loss.similarity=null but the dataset has no natural similarity; set loss.similarity "
+                        f"to one of {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise UserError(f"the dataset's natural similarity {kind!r} is not one of {', '.join(KINDS)}; "
+                        f"set loss.similarity")
+    if kind == "identity":
+        return identity_similarity(k), {"kind": kind}
+    if kind == "ordinal":
+        return ordinal_similarity(k, spec.r), {"kind": kind, "r": spec.r}
+    if kind == "superclass":
+        if meta.superclass is None:
+            raise UserError("loss.similarity=superclass but the dataset has no superclasses; choose another "
+                            "loss.similarity")
+        return (superclass_similarity(meta.superclass, spec.superclass_sim),
+                {"kind": kind, "superclass_sim": spec.superclass_sim})
+    path = spec.embeddings or meta.extras.get("class_vectors_path")
+    if path is None:
+        raise UserError("loss.similarity=embedding needs a word-vector file: set loss.embeddings=<path to a "
+                        "word2vec/GloVe file>")
+    queries = list(meta.extras.get("query_words") or meta.class_names)
+    cosine, source = embedding_cosine(path, queries, meta.class_names, spec.embedding_format)
+    return lower_bound_rescale(cosine, spec.lower_bound), {**source, "lower_bound": spec.lower_bound}
