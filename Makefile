@@ -1,0 +1,41 @@
+# losslab — `make help` lists the targets.
+PYTHON_BIN ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= default
+EXP ?=
+JOBS ?= 2
+RESULTS ?= results
+
+.DEFAULT_GOAL := help
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install pinned requirements (idempotent)
+
+test: install ## fast test suite (not marked slow)
+	$(PY) -m pytest -m "not slow" -q
+
+test-full: install ## every test, including slow ones
+	$(PY) -m pytest -q
+
+reproduce-table: install ## run a profile's sweeps and render tables: PROFILE=smoke|default|paper EXP=name JOBS=n
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
+
+tables: install ## re-render tables from existing runs only
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
+
+train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
+	$(PY) -m experiments.train $(ARGS)
+
+clean-results: ## delete runs, checkpoints and logs under results/ (keeps tables, figures, paper_reference)
+	rm -rf $(RESULTS)/runs $(RESULTS)/work $(RESULTS)/logs
+
+.PHONY: help install test test-full reproduce-table tables train clean-results

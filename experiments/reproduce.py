@@ -1,0 +1,139 @@
+"""`make reproduce-table`: run every experiment of a profile through Hydra multirun, then render its tables.
+
+    python -m experiments.reproduce --profile default [--exp simloss_age] [--jobs 2] [--results-dir results]
+
+Finished runs are skipped by the engine, so a second call trains nothing and re-renders. The `paper` profile
+first checks that the real datasets are present and says which are missing, before starting anything.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from experiments.errors import UserError
+from experiments.results import load_runs
+from experiments.tables import TableSpec, render
+from experiments.train import CONF_DIR, compose_config
+
+ROOT = CONF_DIR.parent
+
+
+@dataclass
+class Experiment:
+    name: str
+    experiment_name: str
+    sweeps: list[dict[str, str]]
+    tables: list[TableSpec]
+    seeds: str
+    data_dir: Path
+
+    def commands(self, profile: str, results_dir: Path, jobs: int, launcher: str | None) -> list[list[str]]:
+        cmds = []
+        for sweep in self.sweeps or [{}]:
+            args = [sys.executable, "-m", "experiments.train", "-m", f"experiment={self.name}",
+                    f"profile={profile}", f"results_dir={results_dir}", f"data_dir={self.data_dir}"]
+            args += [f"{k}={v}" for k, v in sweep.items()]
+            if "seed" not in sweep:
+                args.append(f"seed={self.seeds}")
+            if launcher:
+                args.append(f"hydra/launcher={launcher}")
+            elif jobs > 1:
+                args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+            cmds.append(args)
+        return cmds
+
+
+def discover(profile: str, only: list[str] | None, data_dir: str | None) -> list[Experiment]:
+    names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise UserError(f"EXP={','.join(unknown)}: no such experiment; choose from {', '.join(names)}")
+        names = [n for n in names if n in only]
+    found = []
+    for name in names:
+        overrides = [f"experiment={name}", f"profile={profile}"] + ([f"data_dir={data_dir}"] if data_dir else [])
+        cfg, _ = compose_config(overrides)
+        tables_node = OmegaConf.to_container(cfg.get("tables") or {}, resolve=False)
+        specs = [TableSpec.from_config(cfg.experiment_name, tname, node) for tname, node in tables_node.items()]
+        main = next((s for s in specs if s.name == "main"), None)
+        if main is None or profile not in main.profiles:
+            continue
+        sweeps = OmegaConf.to_container(cfg.get("sweeps") or [], resolve=True)
+        found.append(Experiment(name, cfg.experiment_name, [{k: str(v) for k, v in s.items()} for s in sweeps],
+                                specs, str(cfg.profile.seeds), Path(cfg.data_dir)))
+    if only and not found:
+        raise UserError(f"EXP={','.join(only)} has no table for PROFILE={profile}")
+    return found
+
+
+def missing_data(experiments: list[Experiment]) -> list[str]:
+    missing = []
+    for exp in experiments:
+        for spec in exp.tables:
+            for item in spec.requires_data:
+                path, _, source = item.partition(" ")
+                if not (exp.data_dir / path).exists():
+                    missing.append(f"{exp.data_dir / path} (for {exp.name}){': ' + source if source else ''}")
+    return sorted(set(missing))
+
+
+def render_all(experiments: list[Experiment], results_dir: Path) -> list[dict]:
+    df = load_runs(results_dir)
+    out = []
+    for exp in experiments:
+        for spec in exp.tables:
+            out.append(render(df, spec, results_dir / "tables", ROOT / "results" / "paper_reference"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default", choices=["smoke", "default", "paper"])
+    ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel jobs per sweep (joblib launcher)")
+    ap.add_argument("--launcher", default=None, help="hydra/launcher option, e.g. submitit_slurm")
+    ap.add_argument("--results-dir", default=str(ROOT / "results"))
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--render-only", action="store_true", help="only re-render tables from existing runs")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    results_dir = Path(args.results_dir).absolute()
+    try:
+        exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir)
+        if args.profile == "paper":
+            missing = missing_data(exps)
+            if missing:
+                raise UserError("PROFILE=paper needs the real datasets; missing:\n  " + "\n  ".join(missing)
+                                + "\nput them under LOSSLAB_DATA (see README, 'Real data') and run again")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    sweep_failures = 0
+    if not args.render_only:
+        for exp in exps:
+            for cmd in exp.commands(args.profile, results_dir, args.jobs, args.launcher):
+                print(f"==> {exp.name}: {' '.join(cmd[3:])}", flush=True)
+                sweep_failures += subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0
+    summary = render_all(exps, results_dir)
+    minutes = (time.time() - t0) / 60
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\nreproduce-table PROFILE={args.profile}: {len(summary)} tables in {minutes:.1f} min "
+          f"(peak memory of one process: {peak:.0f} MB)")
+    for s in summary:
+        print(f"  {s['table']}: {s['runs']} runs, {s['failed']} failed")
+    failed = sum(s["failed"] for s in summary)
+    return 1 if (failed or sweep_failures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
