@@ -147,5 +147,27 @@ def main(cfg: DictConfig) -> Any:
         sys.exit(130)
 
 
+def _one_line_errors() -> None:
+    """Hydra's own errors (unknown override key, missing config option) as one `error:` line too."""
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+
+    def run_and_report(func):
+        if _debugging() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return original(func)
+        try:
+            return func()
+        except Exception as ex:
+            text = str(ex).split("Config search path")[0]
+            parts = [p.strip().rstrip(".:") for p in text.splitlines() if p.strip()]
+            print(f"error: {'; '.join(parts) or type(ex).__name__} (LOSSLAB_DEBUG=1 shows the traceback)",
+                  file=sys.stderr)
+            sys.exit(2)
+
+    hydra_utils.run_and_report = run_and_report
+
+
 if __name__ == "__main__":
+    _one_line_errors()
     main()

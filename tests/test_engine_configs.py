@@ -1,0 +1,31 @@
+"""Every option of every config group composes, validates and instantiates (catches broken `_target_`s)."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from experiments.config import check_target, dataset_node, validate
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ["dataset", "model", "loss", "optim", "trainer", "preset", "profile", "experiment"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_validates(compose, group, option):
+    cfg, choices = compose(f"{group}={option}", shrink=False)
+    assert choices[group] == option
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    validate(cfg)
+    check_target(dataset_node(cfg), "dataset")
+
+
+def test_experiment_sweeps_and_tables_are_well_formed(compose):
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        cfg, _ = compose(f"experiment={path.stem}", shrink=False)
+        assert cfg.experiment_name, path
+        assert "main" in cfg.tables, f"{path.name}: tables.main missing"
+        for sweep in cfg.get("sweeps") or []:
+            for key in sweep:  # every swept key exists in the composed config (or is a group)
+                assert key in ("loss", "dataset", "model", "optim", "preset") or \
+                    OmegaConf.select(cfg, key, default="__missing__") != "__missing__", f"{path.name}: {key}"
