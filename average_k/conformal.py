@@ -7,7 +7,9 @@ The implied α (1 − validation coverage) is reported as `<method>_alpha@K`.
 
 LAC / THR (s = 1 − p_y) gives sets {j : p_j ≥ 1 − t}: calibrated to mean size K it *is* softmax average-K
 thresholding, so it is not repeated here.
-APS (Romano et al. 2020): s(x, j) = mass of the classes ranked at or above j (optionally minus U·p_j).
+APS (Romano et al. 2020): s(x, j) = mass of the classes ranked above j + u·p_j; u = 1 is TorchCP's non-randomised
+score, u = 0 (default here) Romano et al.'s non-randomised sets (the class at which the mass crosses t is always in,
+so no set is empty while t > 0), u ~ U(0, 1) per entry the randomised version.
 RAPS (Angelopoulos et al. 2021): APS + penalty · max(0, rank(j) − k_reg), rank counted from 1.
 Scores that are not a distribution (sigmoid heads) are renormalised to sum to one per row.
 """
@@ -24,14 +26,13 @@ from experiments.metrics import EvalOutputs, Metric
 
 
 def aps_scores(probs: torch.Tensor, penalty: float = 0.0, kreg: float = 0.0,
-               u: torch.Tensor | None = None) -> torch.Tensor:
-    """N×C non-conformity score of every class; `u` (N×C uniforms) randomises, None = deterministic."""
+               u: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """N×C non-conformity score of every class: mass ranked above + u·own mass (+ RAPS penalty)."""
     p = probs.detach().double()
     p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-300)
     ordered, order = p.sort(dim=1, descending=True, stable=True)
-    cum = ordered.cumsum(dim=1)
-    if u is not None:
-        cum = cum - u.double() * ordered
+    u_sorted = u.double().gather(1, order) if torch.is_tensor(u) else float(u)
+    cum = ordered.cumsum(dim=1) - (1 - u_sorted) * ordered
     if penalty:
         rank = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
         cum = cum + penalty * (rank - kreg).clamp_min(0)[None, :]
@@ -49,21 +50,23 @@ class ConformalSets(Metric):
     METHODS = ("aps", "raps")
 
     def __init__(self, ks: Sequence[float] = (1, 2, 3, 5), methods: Sequence[str] = ("aps", "raps"),
-                 score_key: str = "probs", randomized: bool = False, seed: int = 0,
+                 score_key: str = "probs", aps_u: float | str = 0.0, seed: int = 0,
                  raps_penalty: float = 0.01, raps_kreg: float | None = None):
         bad = [m for m in methods if m not in self.METHODS]
         if bad:
             raise UserError(f"conformal methods {bad} unknown; choose from {', '.join(self.METHODS)}")
+        if aps_u != "random" and not (isinstance(aps_u, (int, float)) and 0 <= aps_u <= 1):
+            raise UserError(f"aps_u={aps_u!r}: use a number in [0, 1] or 'random'")
         if raps_penalty < 0:
             raise UserError(f"raps_penalty={raps_penalty} must be ≥ 0")
         self.ks = tuple(float(k) for k in ks)
         self.methods, self.score_key = tuple(methods), score_key
-        self.randomized, self.seed = randomized, seed
+        self.aps_u, self.seed = aps_u, seed
         self.raps_penalty, self.raps_kreg = raps_penalty, raps_kreg
 
     def _scores(self, probs: torch.Tensor, method: str, k: float) -> torch.Tensor:
-        u = None
-        if self.randomized:
+        u = self.aps_u
+        if u == "random":
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + probs.shape[0])
             u = torch.rand(probs.shape, generator=g, dtype=torch.float64)
         if method == "aps":

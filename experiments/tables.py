@@ -37,6 +37,11 @@ class TableSpec:
     digits: int = 2
     requires_data: list[str] = field(default_factory=list)
     notes: str = ""
+    sort: bool = True               # sort rows/columns by value; false keeps the order of the (transformed) runs
+    transform: str | None = None    # dotted path of fn(runs_df, spec) -> df, e.g. to make K a row key
+    options: dict[str, Any] = field(default_factory=dict)  # free-form settings read by `transform`
+    combine_metrics: bool = False   # one table column per column key, its metrics joined " / " in one cell
+    bold_metrics: list[str] | None = None  # metrics eligible for bold (default: all); e.g. leave out set sizes
 
     @property
     def stem(self) -> str:
@@ -81,7 +86,7 @@ def summarize(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
             df = df.assign(**{k: np.nan})
     records = []
     groups = {_key(k if isinstance(k, tuple) else (k,)): g
-              for k, g in df.groupby(keys, dropna=False, sort=True)} if keys else {(): df}
+              for k, g in df.groupby(keys, dropna=False, sort=spec.sort)} if keys else {(): df}
     base_cols = [k for k in spec.baseline if k in keys]
 
     def baseline_of(gkey: tuple) -> tuple | None:
@@ -146,6 +151,11 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
     runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
     failed = int((runs["status"] == "failed").sum()) if len(runs) else 0
     done = runs[runs["status"] == "completed"] if len(runs) else runs
+    n_done = len(done)
+    if spec.transform and len(done):
+        import hydra.utils
+
+        done = hydra.utils.get_method(spec.transform)(done, spec)
     long = summarize(done, spec) if len(done) else pd.DataFrame()
     keys = list(spec.rows) + list(spec.columns)
     paper = {}
@@ -160,9 +170,9 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
                                         for _, r in long.iterrows()])
     atomic_write_bytes(out_dir / f"{spec.stem}.csv", (long.to_csv(index=False) if not long.empty else "").encode())
     md, tex = _grid(long, spec, bool(paper))
-    atomic_write_bytes(out_dir / f"{spec.stem}.md", _markdown(md, spec, len(done), failed).encode())
+    atomic_write_bytes(out_dir / f"{spec.stem}.md", _markdown(md, spec, n_done, failed).encode())
     atomic_write_bytes(out_dir / f"{spec.stem}.tex", _latex(tex, spec).encode())
-    return {"table": str(out_dir / f"{spec.stem}.md"), "runs": len(done), "failed": failed}
+    return {"table": str(out_dir / f"{spec.stem}.md"), "runs": n_done, "failed": failed}
 
 
 def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -170,27 +180,29 @@ def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool) -> tuple[pd.Dat
     if long.empty:
         return pd.DataFrame(), pd.DataFrame()
     long = long.copy()
-    long["col"] = [" · ".join([str(r[c]) for c in spec.columns] + [r["metric"]]) for _, r in long.iterrows()]
+    metric_part = [] if spec.combine_metrics else ["metric"]
+    long["col"] = [" · ".join([str(r[c]) for c in spec.columns] + [r[m] for m in metric_part]) or "value"
+                   for _, r in long.iterrows()]
     long["row"] = [" · ".join(str(r[k]) for k in spec.rows) or "all" for _, r in long.iterrows()]
     long["cell"] = [_fmt(r["mean"], r["std"], r["n"], r["metric"], spec) + (MARK if r["significant"] else "")
                     + (f" [paper {r['paper_value']}]" if with_paper and r["paper_value"] else "")
                     for _, r in long.iterrows()]
-    # best per table column (or per row): by mean, direction from the metric name
+    # best per table column (or per row) and metric, by mean; direction from the metric name
     long["bold"] = False
     axis = "col" if spec.best == "column" else "row"
     for (metric, _), g in long.groupby(["metric", axis]):
         g = g[~g["mean"].isna()]
-        if len(g) > 1:
+        if len(g) > 1 and (spec.bold_metrics is None or metric in spec.bold_metrics):
             best = g["mean"].max() if higher_is_better(metric) else g["mean"].min()
             long.loc[g.index[g["mean"] == best], "bold"] = True
     rows = list(dict.fromkeys(long["row"]))
     cols = list(dict.fromkeys(long["col"]))
-    md = pd.DataFrame("", index=rows, columns=cols)
+    md = pd.DataFrame("–", index=rows, columns=cols)
     tex = md.copy()
-    for _, r in long.iterrows():
-        md.loc[r["row"], r["col"]] = f"**{r['cell']}**" if r["bold"] else r["cell"]
-        cell = r["cell"].replace("±", r"$\pm$").replace(MARK, r"$^\dagger$")
-        tex.loc[r["row"], r["col"]] = rf"\textbf{{{cell}}}" if r["bold"] else cell
+    for (row, col), g in long.groupby(["row", "col"], sort=False):
+        md.loc[row, col] = " / ".join(f"**{r['cell']}**" if r["bold"] else r["cell"] for _, r in g.iterrows())
+        tex_parts = [r["cell"].replace("±", r"$\pm$").replace(MARK, r"$^\dagger$") for _, r in g.iterrows()]
+        tex.loc[row, col] = " / ".join(rf"\textbf{{{c}}}" if b else c for c, b in zip(tex_parts, g["bold"]))
     return md, tex
 
 
@@ -203,6 +215,8 @@ def _legend(spec: TableSpec) -> str:
 
 def _markdown(grid: pd.DataFrame, spec: TableSpec, n_done: int, failed: int) -> str:
     lines = [f"# {spec.title or spec.stem}", ""]
+    if spec.combine_metrics:
+        lines += ["Each cell: " + " / ".join(spec.metrics) + ".", ""]
     if grid.empty:
         lines.append("No completed runs yet.")
     else:

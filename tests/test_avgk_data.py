@@ -84,7 +84,7 @@ def test_plantnet_like_builder_scale_and_cache(tmp_path):
 
 def test_cifar100_noisy_split_and_block_noise(tmp_path):
     from average_k.cifar_noisy import Cifar100Noisy
-    from fixtures_formats import write_cifar100
+    from tests.fixtures_formats import write_cifar100
 
     write_cifar100(tmp_path, n_train_per_class=5, n_test_per_class=1)
     data = Cifar100Noisy(str(tmp_path), noise=1.0, split_seed=1234, noise_seed=3)()

@@ -300,3 +300,19 @@ def test_aps_scores_and_size_calibration():
     res = ConformalSets(ks=[2])(out, meta_for(6))
     assert res["aps_size@2"] == 2.0 and res["raps_size@2"] == 2.0
     assert res["aps_alpha@2"] == pytest.approx(1 - res["aps_acc@2"])
+
+
+def test_aps_u_variants():
+    p = random_probs(20, 5, seed=9)
+    pn = p.double().numpy()
+    pn = pn / pn.sum(1, keepdims=True)
+    above = np.array([[pn[i][pn[i] > pn[i, j]].sum() for j in range(5)] for i in range(20)])
+    np.testing.assert_allclose(aps_scores(p, u=0.0).numpy(), above, atol=1e-12)
+    u = torch.rand(20, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    np.testing.assert_allclose(aps_scores(p, u=u).numpy(), above + u.numpy() * pn, atol=1e-12)
+    out = EvalOutputs(outputs={"logits": p}, scores={"probs": p}, targets=p.argmax(1))
+    res = ConformalSets(ks=[1], methods=["aps"])(out, meta_for(5))
+    assert res["aps_size@1"] == 1.0 and res["aps_acc@1"] == 1.0   # u = 0, K = 1: every set is the top class
+    assert ConformalSets(ks=[2], aps_u="random")(out, meta_for(5))["aps_size@2"] == pytest.approx(2.0)
+    with pytest.raises(UserError):
+        ConformalSets(aps_u=2)
