@@ -29,7 +29,10 @@ test-full: install ## every test, including slow ones
 reproduce-table: install ## run a profile's sweeps and render tables: PROFILE=smoke|default|paper EXP=name JOBS=n
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
 
-tables: install ## re-render tables from existing runs only
+tables: install ## re-render tables (and figures) from existing runs only
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
+
+plots: install ## re-render tables and figures (results/figures/*.png|pdf) from existing runs
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
 
 train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
@@ -38,4 +41,4 @@ train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
 clean-results: ## delete runs, checkpoints and logs under results/ (keeps tables, figures, paper_reference)
 	rm -rf $(RESULTS)/runs $(RESULTS)/work $(RESULTS)/logs
 
-.PHONY: help install test test-full reproduce-table tables train clean-results
+.PHONY: help install test test-full reproduce-table tables plots train clean-results

@@ -51,9 +51,9 @@ def long_table(runs: pd.DataFrame, ks: Sequence[float]) -> pd.DataFrame:
                     continue
                 row = {"dataset": r.get("dataset"), "K": k_label(k), "method": name, "seed": r.get("seed"),
                        "avgk_acc": micro, "avgk_macro_acc": r.get(f"test/avgk_macro_acc{suffix}@{lab}"),
-                       "avgk_size": r.get(f"test/avgk_size{suffix}@{lab}")}
+                       "avgk_size": r.get(f"test/avgk_size{suffix}@{lab}"), "path": r.get("path")}
                 for b in BINS:
                     row[f"{b}_classes_acc"] = r.get(f"test/avgk_{b}_acc@{lab}") if not suffix else math.nan
                 rows.append(row)
     return pd.DataFrame(rows, columns=["dataset", "K", "method", "seed", "avgk_acc", "avgk_macro_acc", "avgk_size",
-                                       *[f"{b}_classes_acc" for b in BINS]])
+                                       *[f"{b}_classes_acc" for b in BINS], "path"])

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from experiments.errors import UserError
 from experiments.results import load_runs
+from experiments.plots import FigureSpec, render_figure
 from experiments.tables import TableSpec, render
 from experiments.train import CONF_DIR, compose_config
 
@@ -32,6 +33,7 @@ class Experiment:
     experiment_name: str
     sweeps: list[dict[str, str]]
     tables: list[TableSpec]
+    figures: list[FigureSpec]
     seeds: str
     data_dir: Path
 
@@ -68,8 +70,11 @@ def discover(profile: str, only: list[str] | None, data_dir: str | None) -> list
         if main is None or profile not in main.profiles:
             continue
         sweeps = OmegaConf.to_container(cfg.get("sweeps") or [], resolve=True)
+        figs = [FigureSpec.from_config(cfg.experiment_name, fname, node) for fname, node in
+                OmegaConf.to_container(cfg.get("figures") or {}, resolve=False).items()]
         found.append(Experiment(name, cfg.experiment_name, [{k: str(v) for k, v in s.items()} for s in sweeps],
-                                specs, str(cfg.profile.seeds), Path(cfg.data_dir)))
+                                specs, [f for f in figs if profile in f.profiles], str(cfg.profile.seeds),
+                                Path(cfg.data_dir)))
     if only and not found:
         raise UserError(f"EXP={','.join(only)} has no table for PROFILE={profile}")
     return found
@@ -95,6 +100,17 @@ def render_all(experiments: list[Experiment], results_dir: Path) -> list[dict]:
     return out
 
 
+def plot_all(experiments: list[Experiment], results_dir: Path) -> list[Path]:
+    df = load_runs(results_dir)
+    if df.empty:
+        return []
+    paths = []
+    for exp in experiments:
+        for spec in exp.figures:
+            paths += render_figure(df, spec, results_dir / "figures")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default", choices=["smoke", "default", "paper"])
@@ -103,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launcher", default=None, help="hydra/launcher option, e.g. submitit_slurm")
     ap.add_argument("--results-dir", default=str(ROOT / "results"))
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--render-only", action="store_true", help="only re-render tables from existing runs")
+    ap.add_argument("--render-only", action="store_true", help="only re-render tables and figures")
     args = ap.parse_args(argv)
     t0 = time.time()
     results_dir = Path(args.results_dir).absolute()
@@ -125,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"==> {exp.name}: {' '.join(cmd[3:])}", flush=True)
                 sweep_failures += subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0
     summary = render_all(exps, results_dir)
+    figures = plot_all(exps, results_dir)
     minutes = (time.time() - t0) / 60
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"\nreproduce-table PROFILE={args.profile}: {len(summary)} tables in {minutes:.1f} min "
           f"(peak memory of one process: {peak:.0f} MB)")
     for s in summary:
         print(f"  {s['table']}: {s['runs']} runs, {s['failed']} failed")
+    print(f"  {len(figures) // 2} figures in {results_dir / 'figures'}")
     failed = sum(s["failed"] for s in summary)
     return 1 if (failed or sweep_failures) else 0
 

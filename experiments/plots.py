@@ -1,0 +1,175 @@
+"""Figures from run JSONs (`results/figures/<experiment>_<name>.{png,pdf}`), declared per experiment.
+
+An experiment's `figures:` node maps a name to a spec with a generic `kind`:
+- `line`:   metric(s) vs a numeric run column `x`, one line per `hue`, mean ± std band over seeds;
+- `bars`:   metric(s) as grouped bars per `hue` (e.g. accuracy per class-frequency bin per method);
+- `per_class`: per-class test accuracy vs training images of the class (from `details`), per `hue`;
+- `curves`: a `history` metric vs epoch, per `hue`, mean over seeds;
+- `hist`:   a `details` histogram (e.g. `test/avgk_size_hist@3`, `test/pred_hist`), averaged per `hue`.
+Optional keys: `transform` (as in table specs), `where` (column → value filter), `title`, `xlabel`, `ylabel`,
+`logx`, `options`. Everything is recomputed from the run JSONs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.tables import _is_rate
+
+
+@dataclass
+class FigureSpec:
+    experiment: str
+    name: str
+    kind: str
+    metrics: list[str] = field(default_factory=list)
+    x: str | None = None
+    hue: str | None = None
+    where: dict[str, Any] = field(default_factory=dict)
+    transform: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
+    xlabel: str | None = None
+    ylabel: str | None = None
+    logx: bool = False
+    profiles: list[str] = field(default_factory=lambda: ["smoke", "default", "paper"])
+
+    @classmethod
+    def from_config(cls, experiment: str, name: str, node: dict) -> "FigureSpec":
+        known = set(cls.__dataclass_fields__)
+        return cls(experiment=experiment, name=name, **{k: v for k, v in node.items() if k in known})
+
+
+def _pretty(name: str) -> str:
+    leaf = name.split("/")[-1].replace("_", " ")
+    return leaf + (" (%)" if _is_rate(name) else "")
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if _is_rate(metric) else 1.0
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return [json.loads(Path(p).read_text()) for p in df["path"]]
+
+
+def _hues(df: pd.DataFrame, hue: str | None):
+    if hue is None or hue not in df:
+        return [("all", df)]
+    return [(str(k), g) for k, g in df.groupby(hue, sort=False, dropna=False)]
+
+
+def _line(ax, df, spec, metric):
+    for label, g in _hues(df, spec.hue):
+        g = g.assign(_x=pd.to_numeric(g[spec.x], errors="coerce"), _y=pd.to_numeric(g[metric], errors="coerce"))
+        stats = g.dropna(subset=["_x"]).groupby("_x")["_y"].agg(["mean", "std", "count"]).sort_index()
+        if stats.empty:
+            continue
+        s = _scale(metric)
+        ax.plot(stats.index, stats["mean"] * s, marker="o", label=label)
+        ax.fill_between(stats.index, (stats["mean"] - stats["std"].fillna(0)) * s,
+                        (stats["mean"] + stats["std"].fillna(0)) * s, alpha=0.2)
+    ax.set_xlabel(spec.xlabel or spec.x)
+    if spec.logx:
+        ax.set_xscale("log")
+
+
+def _bars(ax, df, spec, _metric):
+    groups = _hues(df, spec.hue)
+    width = 0.8 / max(len(groups), 1)
+    pos = np.arange(len(spec.metrics))
+    for i, (label, g) in enumerate(groups):
+        vals = [pd.to_numeric(g[m], errors="coerce") * _scale(m) for m in spec.metrics]
+        ax.bar(pos + i * width, [v.mean() for v in vals], width, yerr=[v.std() for v in vals], label=label,
+               capsize=2)
+    ax.set_xticks(pos + width * (len(groups) - 1) / 2, [_pretty(m) for m in spec.metrics], rotation=15)
+
+
+def _per_class(ax, df, spec, metric):
+    for label, g in _hues(df, spec.hue):
+        xs, ys = [], []
+        for rec in _records(g):
+            acc = rec.get("details", {}).get(metric)
+            counts = rec.get("data", {}).get("train_class_counts")
+            if acc is None or counts is None:
+                continue
+            for c, a in zip(counts, acc):
+                if a is not None:
+                    xs.append(c)
+                    ys.append(a * 100)
+        if not xs:
+            continue
+        frame = pd.DataFrame({"x": xs, "y": ys}).groupby("x")["y"].mean().sort_index()
+        ax.plot(frame.index, frame.values, marker=".", linestyle="-", label=label, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(spec.xlabel or "training images of the class (log)")
+
+
+def _curves(ax, df, spec, metric):
+    for label, g in _hues(df, spec.hue):
+        rows = [{"epoch": h["epoch"], "y": h.get(metric)} for rec in _records(g) for h in rec.get("history", [])]
+        frame = pd.DataFrame(rows).dropna() if rows else pd.DataFrame()
+        if frame.empty:
+            continue
+        stats = frame.groupby("epoch")["y"].mean() * _scale(metric)
+        ax.plot(stats.index, stats.values, label=label)
+    ax.set_xlabel("epoch")
+
+
+def _hist(ax, df, spec, metric):
+    groups = _hues(df, spec.hue)
+    for label, g in groups:
+        hists = [rec.get("details", {}).get(metric) for rec in _records(g)]
+        hists = [np.asarray(h, dtype=float) for h in hists if h]
+        if not hists:
+            continue
+        n = max(len(h) for h in hists)
+        mean = np.mean([np.pad(h, (0, n - len(h))) / max(h.sum(), 1) for h in hists], axis=0)
+        ax.step(np.arange(n) + spec.options.get("offset", 0), mean, where="mid", label=label)
+    ax.set_xlabel(spec.xlabel or "value")
+    ax.set_ylabel(spec.ylabel or "share of test images")
+
+
+KINDS = {"line": _line, "bars": _bars, "per_class": _per_class, "curves": _curves, "hist": _hist}
+
+
+def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if spec.kind not in KINDS:
+        raise ValueError(f"figure {spec.name}: kind={spec.kind!r}; choose one of {', '.join(KINDS)}")
+    runs = df[(df["experiment_name"] == spec.experiment) & (df["status"] == "completed")]
+    if spec.transform and len(runs):
+        import hydra.utils
+
+        runs = hydra.utils.get_method(spec.transform)(runs, spec)
+    for k, v in spec.where.items():
+        if k in runs:
+            runs = runs[runs[k].astype(str) == str(v)]
+    if runs.empty:
+        return []
+    panels = [None] if spec.kind == "bars" else spec.metrics
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        KINDS[spec.kind](ax, runs, spec, metric)
+        if metric is not None and spec.kind != "hist":
+            ax.set_ylabel(spec.ylabel or _pretty(metric))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, title=spec.hue, title_fontsize=7)
+    fig.suptitle(spec.title or f"{spec.experiment}: {spec.name}", fontsize=10)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{spec.experiment}_{spec.name}.{ext}" for ext in ("png", "pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
