@@ -112,6 +112,16 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[DictCon
     return cfg, choices
 
 
+def _objective(record: dict, name: str) -> float:
+    if not name.startswith("val/"):
+        raise UserError(f"optimized_metric={name}: hyper-parameter search must optimise a validation metric")
+    value = (record.get("metrics") or {}).get(name)
+    if value is None:
+        raise UserError(f"optimized_metric={name} is not among this run's metrics; pick one of "
+                        f"{', '.join(k for k in record.get('metrics', {}) if k.startswith('val/'))}")
+    return float(value)
+
+
 def _status_file(status: str, message: str = "") -> None:
     """In a multirun, each job leaves its status in its Hydra output dir for the sweep summary."""
     try:
@@ -133,6 +143,8 @@ def main(cfg: DictConfig) -> Any:
         record = run(cfg, choices)
         status = "skipped" if record.get("skipped") else record["status"]
         _status_file(status)
+        if cfg.get("optimized_metric"):
+            return _objective(record, cfg.optimized_metric)
         return status
     except (UserError, RunFailed) as e:
         if _debugging(cfg):

@@ -77,3 +77,13 @@ def test_bad_input_on_the_command_line_is_one_error_line(tmp_path, data_dir):
 def test_debug_switch_shows_the_traceback(tmp_path, data_dir):
     out = cli(*FAST, "trainer.epochs=0", "debug=true", tmp=tmp_path, data_dir=data_dir)
     assert out.returncode == 2 and "Traceback" in out.stderr
+
+
+def test_optuna_search_returns_a_validation_objective(tmp_path, data_dir):
+    out = cli("experiment=simloss_age", "hparams_search=simloss_r", "hydra.sweeper.n_trials=2", *FAST,
+              tmp=tmp_path, data_dir=data_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (result,) = tmp_path.glob("logs/simloss_age/multirun_*/optimization_results.yaml")
+    text = result.read_text()
+    assert "best_params" in text and "loss.r" in text and "best_value" in text
+    assert len(list((tmp_path / "runs" / "simloss_age").glob("*.json"))) == 2

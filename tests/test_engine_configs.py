@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from experiments.config import check_target, dataset_node, validate
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ["dataset", "model", "loss", "optim", "trainer", "preset", "profile", "experiment"]
+GROUPS = ["dataset", "model", "loss", "optim", "trainer", "preset", "profile", "experiment", "hparams_search"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 
