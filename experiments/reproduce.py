@@ -64,14 +64,14 @@ def discover(profile: str, only: list[str] | None, data_dir: str | None) -> list
     for name in names:
         overrides = [f"experiment={name}", f"profile={profile}"] + ([f"data_dir={data_dir}"] if data_dir else [])
         cfg, _ = compose_config(overrides)
-        tables_node = OmegaConf.to_container(cfg.get("tables") or {}, resolve=False)
+        tables_node = OmegaConf.to_container(cfg.tables, resolve=False) if "tables" in cfg else {}
         specs = [TableSpec.from_config(cfg.experiment_name, tname, node) for tname, node in tables_node.items()]
         main = next((s for s in specs if s.name == "main"), None)
         if main is None or profile not in main.profiles:
             continue
-        sweeps = OmegaConf.to_container(cfg.get("sweeps") or [], resolve=True)
+        sweeps = OmegaConf.to_container(cfg.sweeps, resolve=True) if "sweeps" in cfg else []
         figs = [FigureSpec.from_config(cfg.experiment_name, fname, node) for fname, node in
-                OmegaConf.to_container(cfg.get("figures") or {}, resolve=False).items()]
+                (OmegaConf.to_container(cfg.figures, resolve=False) if "figures" in cfg else {}).items()]
         found.append(Experiment(name, cfg.experiment_name, [{k: str(v) for k, v in s.items()} for s in sweeps],
                                 specs, [f for f in figs if profile in f.profiles], str(cfg.profile.seeds),
                                 Path(cfg.data_dir)))
@@ -89,6 +89,39 @@ def missing_data(experiments: list[Experiment]) -> list[str]:
                 if not (exp.data_dir / path).exists():
                     missing.append(f"{exp.data_dir / path} (for {exp.name}){': ' + source if source else ''}")
     return sorted(set(missing))
+
+
+def paper_templates(results_dir: Path | None = None) -> list[Path]:
+    """Ship `results/paper_reference/<table>.csv` for every paper-profile table: the cells of the sweep grid,
+    one line per metric, `paper_value` empty for a user to fill from the PDF (no number is ever invented)."""
+    import itertools
+
+    import pandas as pd
+
+    from experiments.results import _flatten
+    from experiments.tables import write_paper_template
+
+    out_dir = ROOT / "results" / "paper_reference"
+    written = []
+    for exp in discover("paper", None, None):
+        for spec in exp.tables:
+            path = out_dir / f"{spec.stem}.csv"
+            if path.exists() or spec.transform:
+                continue
+            keys = list(spec.rows) + list(spec.columns)
+            cells = []
+            for sweep in exp.sweeps or [{}]:
+                swept = {k: str(v).split(",") for k, v in sweep.items() if k != "seed"}
+                for combo in itertools.product(*swept.values()):
+                    overrides = [f"experiment={exp.name}", "profile=paper"] + [
+                        f"{k}={v}" for k, v in zip(swept, combo)]
+                    cfg, choices = compose_config(overrides)
+                    flat = {**_flatten(OmegaConf.to_container(cfg, resolve=False)), **choices}
+                    cells.append({k: flat.get(k, "—") for k in keys})
+            long = pd.DataFrame([{**c, "metric": m} for c in cells for m in spec.metrics])
+            write_paper_template(path, long, keys)
+            written.append(path)
+    return written
 
 
 def render_all(experiments: list[Experiment], results_dir: Path) -> list[dict]:

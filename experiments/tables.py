@@ -143,6 +143,7 @@ def write_paper_template(path: Path, long: pd.DataFrame, keys: list[str]) -> Non
     if path.exists() or long.empty:
         return
     tmpl = long[keys + ["metric"]].astype(str).drop_duplicates().assign(paper_value="")
+    tmpl = tmpl.replace({"nan": "—"})
     atomic_write_bytes(path, tmpl.to_csv(index=False).encode())
 
 
@@ -159,7 +160,7 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
     long = summarize(done, spec) if len(done) else pd.DataFrame()
     keys = list(spec.rows) + list(spec.columns)
     paper = {}
-    if paper_dir is not None:
+    if paper_dir is not None and "paper" in spec.profiles:
         ppath = Path(paper_dir) / f"{spec.stem}.csv"
         write_paper_template(ppath, long, keys)
         paper = _paper_values(ppath, keys)
