@@ -35,10 +35,13 @@ tables: install ## re-render tables (and figures) from existing runs only
 plots: install ## re-render tables and figures (results/figures/*.png|pdf) from existing runs
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
 
+bench: install ## measured speed ratios (data path, loss forms) -> results/bench/bench.json
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench
+
 train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
 	$(PY) -m experiments.train $(ARGS)
 
 clean-results: ## delete runs, checkpoints and logs under results/ (keeps tables, figures, paper_reference)
 	rm -rf $(RESULTS)/runs $(RESULTS)/work $(RESULTS)/logs
 
-.PHONY: help install test test-full reproduce-table tables plots train clean-results
+.PHONY: help install test test-full reproduce-table tables plots bench train clean-results
