@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.stand_in import render, smooth_patterns
 from experiments.data import Meta, TensorSplit, assemble, cache_key, cached, seeded_split
 
 GENERATOR_VERSION = 1
@@ -29,16 +30,9 @@ def age_histogram(num_ages: int = NUM_AGES) -> np.ndarray:
     return p / p.sum()
 
 
-def _smooth(rng: np.random.RandomState, n: int, size: int, grid: int) -> np.ndarray:
-    coarse = torch.from_numpy(rng.randn(n, 3, grid, grid).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    fine = fine / fine.flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None, None]
-    return fine.numpy()
-
-
 def age_patterns(rng: np.random.RandomState, image_size: int, anchors: int, width: float) -> np.ndarray:
     """(NUM_AGES, 3, s, s): Gaussian-weighted blends of `anchors` patterns spaced evenly over the ages."""
-    basis = _smooth(rng, anchors, image_size, grid=4)
+    basis = smooth_patterns(rng, anchors, image_size, grid=4)
     centres = np.linspace(1, NUM_AGES, anchors)
     ages = np.arange(1, NUM_AGES + 1)
     w = np.exp(-0.5 * ((ages[:, None] - centres[None, :]) / width) ** 2)
@@ -52,14 +46,8 @@ def generate(n_images: int, image_size: int, seed: int, anchors: int, width: flo
     rng = np.random.RandomState(seed)
     pats = age_patterns(rng, image_size, anchors, width)
     ages = rng.choice(np.arange(1, NUM_AGES + 1), size=n_images, p=age_histogram())
-    x = pats[ages - 1] + identity * _smooth(rng, n_images, image_size, grid=3)
-    if max_shift:
-        shifts = rng.randint(-max_shift, max_shift + 1, size=(n_images, 2))
-        x = np.stack([np.roll(img, (dy, dx), axis=(1, 2)) for img, (dy, dx) in zip(x, shifts)])
-    contrast = rng.uniform(0.8, 1.2, size=(n_images, 1, 1, 1)).astype(np.float32)
-    brightness = rng.normal(0, 0.2, size=(n_images, 3, 1, 1)).astype(np.float32)
-    x = contrast * x + brightness + noise * rng.randn(*x.shape).astype(np.float32)
-    img = np.clip(128 + 40 * x, 0, 255).astype(np.uint8)
+    x = pats[ages - 1] + identity * smooth_patterns(rng, n_images, image_size, grid=3)
+    img = render(rng, x, max_shift, contrast=0.2, brightness=0.2, noise=noise)
     return {"x": torch.from_numpy(img), "age": torch.from_numpy(ages.astype(np.int64))}
 
 

@@ -18,16 +18,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from experiments.stand_in import render, smooth_patterns
 from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_key, cached
 from experiments.errors import UserError
 
 GENERATOR_VERSION = 1
-
-
-def _patterns(rng: np.random.RandomState, n: int, size: int, grid: int) -> np.ndarray:
-    coarse = torch.from_numpy(rng.randn(n, 3, grid, grid).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    return (fine / fine.flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None, None]).numpy()
 
 
 def class_sizes(num_classes: int, n_max: int, n_min: int, zipf: float, rng: np.random.RandomState) -> np.ndarray:
@@ -43,8 +38,8 @@ def generate(num_genera: int, min_species: int, max_species: int, n_max: int, n_
     genus = np.repeat(np.arange(num_genera), per_genus)
     c = len(genus)
     members = [np.flatnonzero(genus == g) for g in range(num_genera)]
-    g_pat = _patterns(rng, num_genera, image_size, grid=3)
-    s_pat = _patterns(rng, c, image_size, grid=5)
+    g_pat = smooth_patterns(rng, num_genera, image_size, grid=3)
+    s_pat = smooth_patterns(rng, c, image_size, grid=5)
     n_pool = class_sizes(c, n_max, n_min, zipf, rng)
     n_test = np.maximum(min_test, np.round(n_pool * test_fraction)).astype(np.int64)
     amb = np.asarray(ambiguity, dtype=np.float64)
@@ -62,13 +57,7 @@ def generate(num_genera: int, min_species: int, max_species: int, n_max: int, n_
             species[i, rng.choice(others, size=m[i] - 1, replace=False)] = 1.0
         species /= species.sum(axis=1, keepdims=True)
         x = genus_strength * g_pat[genus[y]] + species_strength * np.einsum("nc,cshw->nshw", species, s_pat)
-        if max_shift:
-            shifts = rng.randint(-max_shift, max_shift + 1, size=(n, 2))
-            x = np.stack([np.roll(img, (dy, dx), axis=(1, 2)) for img, (dy, dx) in zip(x, shifts)])
-        contrast = rng.uniform(0.75, 1.25, size=(n, 1, 1, 1)).astype(np.float32)
-        brightness = rng.normal(0, 0.25, size=(n, 3, 1, 1)).astype(np.float32)
-        x = contrast * x + brightness + noise * rng.randn(*x.shape).astype(np.float32)
-        img = np.clip(128 + 40 * x, 0, 255).astype(np.uint8)
+        img = render(rng, x, max_shift, contrast=0.25, brightness=0.25, noise=noise)
         perm = rng.permutation(n)
         return img[perm], y[perm], m[perm]
 

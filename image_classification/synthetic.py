@@ -12,18 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.stand_in import render, smooth_patterns
 from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_key, cached
 from image_classification.wordvectors import write_word2vec_text
 
 GENERATOR_VERSION = 1
-
-
-def _smooth_patterns(rng: np.random.RandomState, n: int, size: int, grid: int) -> np.ndarray:
-    """n smooth RGB patterns (n, 3, size, size) in roughly [-1, 1]: random grid×grid noise, bilinear-upsampled."""
-    coarse = torch.from_numpy(rng.randn(n, 3, grid, grid).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    fine = fine / fine.flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None, None]
-    return fine.numpy()
 
 
 def generate(num_superclasses: int, classes_per_superclass: int, n_train_per_class: int, n_test_per_class: int,
@@ -31,21 +24,15 @@ def generate(num_superclasses: int, classes_per_superclass: int, n_train_per_cla
              max_shift: int) -> dict:
     rng = np.random.RandomState(seed)
     k = num_superclasses * classes_per_superclass
-    sup = _smooth_patterns(rng, num_superclasses, image_size, grid=4)
-    own = _smooth_patterns(rng, k, image_size, grid=4)
+    sup = smooth_patterns(rng, num_superclasses, image_size, grid=4)
+    own = smooth_patterns(rng, k, image_size, grid=4)
     superclass = np.repeat(np.arange(num_superclasses), classes_per_superclass)
     protos = superclass_strength * sup[superclass] + class_strength * own  # (k, 3, s, s)
 
     def draw(n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
         y = np.repeat(np.arange(k), n_per_class)
         n = len(y)
-        x = protos[y]
-        shifts = rng.randint(-max_shift, max_shift + 1, size=(n, 2))
-        x = np.stack([np.roll(img, (dy, dx), axis=(1, 2)) for img, (dy, dx) in zip(x, shifts)]) if max_shift else x
-        contrast = rng.uniform(0.7, 1.3, size=(n, 1, 1, 1)).astype(np.float32)
-        brightness = rng.normal(0, 0.3, size=(n, 3, 1, 1)).astype(np.float32)
-        x = contrast * x + brightness + noise * rng.randn(*x.shape).astype(np.float32)
-        img = np.clip(128 + 40 * x, 0, 255).astype(np.uint8)
+        img = render(rng, protos[y], max_shift, contrast=0.3, brightness=0.3, noise=noise)
         perm = rng.permutation(n)
         return img[perm], y[perm]
 
