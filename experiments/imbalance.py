@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from experiments.errors import UserError
@@ -62,8 +63,6 @@ def counts_per_rank(n_max: int, num_classes: int, ratio: float, profile: str = "
     if num_classes == 1 or ratio == 1:
         return [n_max] * num_classes
     if formula == "official":
-        import numpy as np
-
         if profile == "exp":
             mu = np.power(1 / ratio, 1 / (num_classes - 1))
             return [int(n_max * np.power(mu, i)) for i in range(num_classes)]
@@ -95,8 +94,6 @@ def select_indices(y: torch.Tensor, class_names: Sequence[str], spec: Imbalance,
     the subset is LDAM-DRW's: one RandomState(seed), classes visited in label order, `shuffle` of the class's
     indices (ascending), keep the first n_i — the same images LDAM keeps when the pool is CIFAR's file order.
     """
-    import numpy as np
-
     k = len(class_names)
     y_np = y.cpu().numpy()
     per_class = [np.nonzero(y_np == c)[0] for c in range(k)]
