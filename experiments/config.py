@@ -108,7 +108,7 @@ def build_components(cfg: DictConfig) -> tuple[Data, EngineLoss, Network, dict[s
     except ValueError as e:
         raise UserError(f"loss: {e}") from None
     backbone = _instantiate(cfg.model, "model", in_channels=data.meta.channels, image_size=data.meta.image_size)
-    model = Network(backbone, data.meta.num_classes, ("logits",) + tuple(loss.extra_heads))
+    model = Network(backbone, data.meta.num_classes, ("logits",) + tuple(loss.extra_heads), head=loss.head)
     specs = dict(cfg.get("metrics") or {})
     specs.update(dict(cfg.dataset.get("metrics") or {}))
     metrics = {name: _instantiate(node, f"metrics.{name}") for name, node in specs.items() if node is not None}

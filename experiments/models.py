@@ -14,11 +14,29 @@ from torch import nn
 from experiments.errors import UserError
 
 
+class NormedLinear(nn.Module):
+    """Cosine classifier (LDAM-DRW's NormedLinear): logits = normalize(features) · normalize(weight columns)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-1, 1).renorm_(2, 1, 1e-5)
+                                   .mul_(1e5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=0)
+
+
+HEADS = {"linear": nn.Linear, "cosine": NormedLinear}
+
+
 class Network(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, heads: tuple[str, ...] = ("logits",)):
+    """`head`: `linear` (default) or `cosine` — chosen by the loss (`EngineLoss.head`), e.g. LDAM's."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, heads: tuple[str, ...] = ("logits",),
+                 head: str = "linear"):
         super().__init__()
         self.backbone = backbone
-        self.heads = nn.ModuleDict({h: nn.Linear(backbone.out_features, num_classes) for h in heads})
+        self.heads = nn.ModuleDict({h: HEADS[head](backbone.out_features, num_classes) for h in heads})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.backbone(x)

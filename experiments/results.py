@@ -86,16 +86,17 @@ def git_commit() -> str:
 
 
 def versions() -> dict[str, str]:
+    """Package versions from their metadata (importing torchvision here would cost seconds per worker)."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
-    import hydra
-    import numpy
-    import torch
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "hydra": hydra.__version__, "numpy": numpy.__version__,
-            "pandas": pd.__version__}
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "hydra-core", "numpy", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

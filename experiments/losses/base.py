@@ -4,6 +4,7 @@ Every loss is an `nn.Module` usable on its own as `loss(logits, target)`. Inside
 use the hooks below; the trainer calls only these, never a loss by name:
 
 - `bind(meta)`            once, before training: read class counts, similarity structure, etc.
+- `head`                  `linear` or `cosine` (normalised features and weights, as LDAM's NormedLinear).
 - `extra_heads`           names of extra output heads the model must carry (each of size num_classes);
                           the model's forward returns a dict {"logits": ..., <head>: ...}.
 - `optimizer_names`       one optimizer per name is built from the same `optim` config ("main" first).
@@ -32,6 +33,7 @@ class StepFn(Protocol):
 
 
 class EngineLoss(nn.Module):
+    head: str = "linear"
     extra_heads: tuple[str, ...] = ()
     optimizer_names: tuple[str, ...] = ("main",)
     needs_index: bool = False

@@ -118,12 +118,14 @@ class LDAMLoss(_CountsLoss):
     """LDAM-DRW: CE(s·(z − m_y·e_y), y, weight=w), m_c ∝ n_c^{−1/4} (max `max_m`). DRW: w = 1 before the switch
     epoch, CB weights (β) from it on (`epoch >= drw_epoch`, epochs from 0; LDAM: 160 of 200). `drw_fraction`
     sets the switch as a fraction of trainer.epochs instead; both null = LDAM without DRW.
-    `s` multiplies all logits; LDAM's code pairs s = 30 with a cosine (NormedLinear) head (docs/cce.md)."""
+    `s` multiplies all logits; LDAM pairs s = 30 with a cosine (NormedLinear) head: `normed_head=True` asks the
+    engine for one (`head = "cosine"`)."""
 
     def __init__(self, max_m: float = 0.5, s: float = 30.0, drw_epoch: int | None = 160,
                  drw_fraction: float | None = None, beta: float = 0.9999,
-                 class_counts: Sequence[int] | None = None):
+                 class_counts: Sequence[int] | None = None, normed_head: bool = True):
         super().__init__()
+        self.head = "cosine" if normed_head else "linear"
         if max_m < 0 or s <= 0:
             raise UserError(f"loss.max_m={max_m}, loss.s={s}: need max_m ≥ 0 and s > 0")
         if drw_epoch is not None and drw_fraction is not None:
