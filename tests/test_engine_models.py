@@ -8,7 +8,7 @@ from experiments.models import Network, NormedLinear
 
 
 @pytest.mark.parametrize("factory, size, feat", [
-    (models.small_cnn, 32, 64), (models.simloss_age_cnn, 60, 120), (models.lenet, 32, 84),
+    (models.small_cnn, 32, 128), (models.simloss_age_cnn, 60, 120), (models.lenet, 32, 84),
     (models.resnet32_cifar, 32, 64), (models.resnet34_cifar, 32, 512), (models.resnet18, 64, 512),
 ])
 def test_backbones_give_their_feature_size_and_heads_follow_the_dataset(factory, size, feat):
