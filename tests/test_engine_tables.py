@@ -58,7 +58,7 @@ def test_summary_matches_hand_computation(toy):
 def test_render_writes_md_tex_csv_and_counts_failures(toy, tmp_path):
     results_dir, groups = toy
     spec = TableSpec(experiment="toy", title="Toy", rows=["loss.r"], metrics=["test/accuracy"],
-                     baseline={"loss.r": 0.0})
+                     baseline={"loss.r": 0.0}, profiles=["paper"])
     out = render(load_runs(results_dir), spec, tmp_path / "tables", tmp_path / "paper")
     assert out["runs"] == 9 and out["failed"] == 1
     md = (tmp_path / "tables" / "toy.md").read_text()
