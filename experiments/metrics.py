@@ -95,3 +95,13 @@ class ClassAccuracy(Metric):
         if self.per_class:
             res["per_class_accuracy"] = [None if torch.isnan(a) else round(a.item(), 6) for a in acc]
         return res
+
+
+class PredictionHistogram(Metric):
+    """How often each class is predicted (`pred_hist`) next to how often it is true (`target_hist`): shows
+    where a loss moves the predictions, e.g. the predicted-age distribution of an ordinal loss."""
+
+    def __call__(self, out, meta, state=None):
+        k = meta.num_classes
+        return {"pred_hist": torch.bincount(out.pred, minlength=k).tolist(),
+                "target_hist": torch.bincount(out.targets, minlength=k).tolist()}

@@ -5,8 +5,9 @@ An experiment's `figures:` node maps a name to a spec with a generic `kind`:
 - `bars`:   metric(s) as grouped bars per `hue` (e.g. accuracy per class-frequency bin per method);
 - `per_class`: per-class test accuracy vs training images of the class (from `details`), per `hue`;
 - `curves`: a `history` metric vs epoch, per `hue`, mean over seeds;
-- `hist`:   a `details` histogram (e.g. `test/avgk_size_hist@3`, `test/pred_hist`), averaged per `hue`.
-Optional keys: `transform` (as in table specs), `where` (column → value filter), `title`, `xlabel`, `ylabel`,
+- `hist`:   a `details` histogram (e.g. `test/avgk_size_hist@3`, `test/pred_hist`), averaged per `hue`;
+            `options.reference` names a details histogram drawn dashed for comparison, `options.bin` merges bins.
+Optional keys: `transform` (as in table specs), `where` (column → value or list of values), `title`, `xlabel`, `ylabel`,
 `logx`, `options`. Everything is recomputed from the run JSONs.
 """
 from __future__ import annotations
@@ -43,6 +44,14 @@ class FigureSpec:
     def from_config(cls, experiment: str, name: str, node: dict) -> "FigureSpec":
         known = set(cls.__dataclass_fields__)
         return cls(experiment=experiment, name=name, **{k: v for k, v in node.items() if k in known})
+
+
+def _canon(value) -> str:
+    """Compare 100, 100.0 and "100" as equal."""
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _pretty(name: str) -> str:
@@ -121,16 +130,30 @@ def _curves(ax, df, spec, metric):
     ax.set_xlabel("epoch")
 
 
+def _binned(h: np.ndarray, width: int) -> np.ndarray:
+    pad = (-len(h)) % width
+    return np.pad(h, (0, pad)).reshape(-1, width).sum(axis=1)
+
+
 def _hist(ax, df, spec, metric):
     groups = _hues(df, spec.hue)
+    width = int(spec.options.get("bin", 1))
+    offset = spec.options.get("offset", 0)
     for label, g in groups:
         hists = [rec.get("details", {}).get(metric) for rec in _records(g)]
-        hists = [np.asarray(h, dtype=float) for h in hists if h]
+        hists = [_binned(np.asarray(h, dtype=float), width) for h in hists if h]
         if not hists:
             continue
         n = max(len(h) for h in hists)
         mean = np.mean([np.pad(h, (0, n - len(h))) / max(h.sum(), 1) for h in hists], axis=0)
-        ax.step(np.arange(n) + spec.options.get("offset", 0), mean, where="mid", label=label)
+        ax.step(np.arange(n) * width + offset, mean, where="post", label=label)
+    reference = spec.options.get("reference")
+    if reference:
+        ref = next((rec["details"][reference] for rec in _records(df) if reference in rec.get("details", {})), None)
+        if ref:
+            ref = _binned(np.asarray(ref, dtype=float), width)
+            ax.step(np.arange(len(ref)) * width + offset, ref / max(ref.sum(), 1), where="post",
+                    color="black", linestyle="--", label="true")
     ax.set_xlabel(spec.xlabel or "value")
     ax.set_ylabel(spec.ylabel or "share of test images")
 
@@ -151,9 +174,10 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
         import hydra.utils
 
         runs = hydra.utils.get_method(spec.transform)(runs, spec)
-    for k, v in spec.where.items():
+    for k, v in spec.where.items():  # a list keeps rows whose value is any of its items
         if k in runs:
-            runs = runs[runs[k].astype(str) == str(v)]
+            allowed = {_canon(x) for x in (v if isinstance(v, (list, tuple)) else [v])}
+            runs = runs[runs[k].map(_canon).isin(allowed)]
     if runs.empty:
         return []
     panels = [None] if spec.kind == "bars" else spec.metrics
@@ -165,7 +189,10 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title=spec.hue, title_fontsize=7)
-    fig.suptitle(spec.title or f"{spec.experiment}: {spec.name}", fontsize=10)
+    import textwrap
+
+    title = spec.title or f"{spec.experiment}: {spec.name}"
+    fig.suptitle(textwrap.fill(title, width=int(55 * len(panels))), fontsize=10)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{spec.experiment}_{spec.name}.{ext}" for ext in ("png", "pdf")]

@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 
 # Keys that do not change what a run computes; dotted paths into the resolved config.
 VOLATILE_KEYS = (
-    "results_dir", "data_dir", "debug", "optimized_metric", "sweep_values", "sweeps", "tables", "profile",
+    "results_dir", "data_dir", "debug", "optimized_metric", "sweep_values", "figures", "sweeps", "tables", "profile",
     "dataset.root", "dataset.download", "dataset.num_workers",
     "trainer.device", "trainer.progress", "trainer.num_workers", "trainer.cpu_threads", "trainer.interrupt_after",
     "trainer.keep_checkpoint", "trainer.eval_batch_size",

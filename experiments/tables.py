@@ -42,6 +42,7 @@ class TableSpec:
     options: dict[str, Any] = field(default_factory=dict)  # free-form settings read by `transform`
     combine_metrics: bool = False   # one table column per column key, its metrics joined " / " in one cell
     bold_metrics: list[str] | None = None  # metrics eligible for bold (default: all); e.g. leave out set sizes
+    order: dict[str, list] = field(default_factory=dict)  # display order of a key's values, e.g. {loss: [ce, cce]}
 
     @property
     def stem(self) -> str:
@@ -196,6 +197,10 @@ def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool) -> tuple[pd.Dat
         if len(g) > 1 and (spec.bold_metrics is None or metric in spec.bold_metrics):
             best = g["mean"].max() if higher_is_better(metric) else g["mean"].min()
             long.loc[g.index[g["mean"] == best], "bold"] = True
+    for key, values in reversed(list(spec.order.items())):  # stable sorts: the first key ends up primary
+        rank = {str(v): i for i, v in enumerate(values)}
+        long = long.sort_values(key, key=lambda col: col.astype(str).map(lambda v: rank.get(v, len(rank))),
+                                kind="stable")
     rows = list(dict.fromkeys(long["row"]))
     cols = list(dict.fromkeys(long["col"]))
     md = pd.DataFrame("–", index=rows, columns=cols)
