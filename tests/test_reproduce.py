@@ -1,0 +1,61 @@
+"""`make reproduce-table PROFILE=smoke` end to end through its Python entry."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import reproduce
+
+TABLES = ["simloss_age", "simloss_cifar", "cce_imbalanced", "cce_imbalanced_shots", "avgk", "avgk_fewshot"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    results = tmp_path_factory.mktemp("smoke_results")
+    data = tmp_path_factory.mktemp("smoke_data")
+    code = reproduce.main(["--profile", "smoke", "--jobs", "1", "--results-dir", str(results),
+                           "--data-dir", str(data)])
+    return code, results, data
+
+
+def test_smoke_profile_renders_every_table_and_figure(smoke):
+    code, results, _ = smoke
+    assert code == 0
+    for name in TABLES:
+        for ext in ("md", "tex", "csv"):
+            assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
+        assert "Failed runs excluded: 0" in (results / "tables" / f"{name}.md").read_text()
+    pngs = sorted((results / "figures").glob("*.png"))
+    assert len(pngs) >= 8 and all(p.stat().st_size > 5000 for p in pngs)
+    assert len(list((results / "figures").glob("*.pdf"))) == len(pngs)
+
+
+def test_table_numbers_equal_a_recomputation_from_the_run_jsons(smoke):
+    _, results, _ = smoke
+    runs = [json.loads(p.read_text()) for p in (results / "runs" / "simloss_age").glob("*.json")]
+    by_r: dict[float, list[float]] = {}
+    for rec in runs:
+        assert rec["status"] == "completed"
+        by_r.setdefault(rec["config"]["loss"]["r"], []).append(rec["metrics"]["test/mae"])
+    table = pd.read_csv(results / "tables" / "simloss_age.csv")
+    rows = table[table["metric"] == "test/mae"].set_index("loss.r")
+    assert set(rows.index) == set(by_r)
+    for r, values in by_r.items():
+        assert rows.loc[r, "n"] == len(values)
+        assert rows.loc[r, "mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        expected_std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+        assert rows.loc[r, "std"] == pytest.approx(expected_std, abs=1e-12)
+        md = (results / "tables" / "simloss_age.md").read_text()
+        assert f"{np.mean(values):.2f} ± {expected_std:.2f} ({len(values)})" in md or math.isnan(np.mean(values))
+
+
+def test_second_call_trains_nothing_and_rerenders(smoke, capfd):
+    _, results, data = smoke
+    before = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")}
+    assert reproduce.main(["--profile", "smoke", "--jobs", "1", "--results-dir", str(results),
+                           "--data-dir", str(data), "--exp", "simloss_age"]) == 0
+    out = capfd.readouterr().out
+    assert "done simloss_age" not in out and "already done" in out
+    assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")} == before
