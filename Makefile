@@ -6,6 +6,7 @@ PROFILE ?= default
 EXP ?=
 JOBS ?= 2
 RESULTS ?= results
+LAUNCHER ?=
 
 .DEFAULT_GOAL := help
 
@@ -26,8 +27,8 @@ test: install ## fast test suite (not marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest -q
 
-reproduce-table: install ## run a profile's sweeps and render tables: PROFILE=smoke|default|paper EXP=name JOBS=n
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
+reproduce-table: install ## run sweeps, render tables+figures: PROFILE=smoke|default|paper EXP=name JOBS=n LAUNCHER=slurm
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 tables: install ## re-render tables (and figures) from existing runs only
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))

@@ -59,3 +59,14 @@ def test_second_call_trains_nothing_and_rerenders(smoke, capfd):
     out = capfd.readouterr().out
     assert "done simloss_age" not in out and "already done" in out
     assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")} == before
+
+
+def test_paper_profile_names_missing_data_before_starting(tmp_path, capsys):
+    code = reproduce.main(["--profile", "paper", "--results-dir", str(tmp_path / "r"),
+                           "--data-dir", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: PROFILE=paper needs the real datasets")
+    for needed in ("UTKFace", "AFAD-Full", "cifar-100-python", "cifar-10-batches-py", "plantnet300k",
+                   "GoogleNews-vectors-negative300.bin"):
+        assert needed in err
+    assert not (tmp_path / "r" / "runs").exists()
