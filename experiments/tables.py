@@ -100,7 +100,11 @@ def summarize(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
         for candidate in groups:
             if all(str(a) == str(b) for a, b in zip(candidate, bkey)):
                 return candidate
-        return None
+        # No exact twin (e.g. baseline CE has no lower bound): match on the baseline keys and the column keys
+        # only, if that singles out one group.
+        must = [keys.index(k) for k in base_cols] + [keys.index(k) for k in spec.columns]
+        loose = [c for c in groups if all(str(c[i]) == str(bkey[i]) for i in must)]
+        return loose[0] if len(loose) == 1 else None
 
     for gkey, g in groups.items():
         bkey = baseline_of(gkey)
@@ -195,8 +199,9 @@ def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool) -> tuple[pd.Dat
     for (metric, _), g in long.groupby(["metric", axis]):
         g = g[~g["mean"].isna()]
         if len(g) > 1 and (spec.bold_metrics is None or metric in spec.bold_metrics):
-            best = g["mean"].max() if higher_is_better(metric) else g["mean"].min()
-            long.loc[g.index[g["mean"] == best], "bold"] = True
+            shown = (g["mean"] * (100.0 if spec.percent and _is_rate(metric) else 1.0)).round(spec.digits)
+            best = shown.max() if higher_is_better(metric) else shown.min()  # ties as displayed are all bold
+            long.loc[g.index[shown == best], "bold"] = True
     for key, values in reversed(list(spec.order.items())):  # stable sorts: the first key ends up primary
         rank = {str(v): i for i, v in enumerate(values)}
         long = long.sort_values(key, key=lambda col: col.astype(str).map(lambda v: rank.get(v, len(rank))),

@@ -83,3 +83,22 @@ def test_run_json_round_trips_through_load_runs(toy):
     one = json.loads((results_dir / "runs" / "toy" / "id4.json").read_text())
     assert df.set_index("run_id").loc["id4", "test/accuracy"] == one["metrics"]["test/accuracy"]
     assert df.set_index("run_id").loc["id4", "loss.r"] == 0.5
+
+
+def test_baseline_without_an_exact_twin_is_matched_on_its_own_keys(tmp_path):
+    """CE (identity S) has no lower bound of its own; every embedding row is compared with it."""
+    i = 0
+    for sim, lb, accs in (("identity", None, [0.34, 0.35, 0.33]), ("embedding", 0.2, [0.18, 0.19, 0.17]),
+                          ("embedding", 0.9, [0.34, 0.36, 0.33])):
+        for a in accs:
+            rec = {"run_id": f"r{i}", "experiment_name": "toy", "loss": "simloss", "seed": i, "status": "completed",
+                   "config": {"loss": {"similarity": sim, "lower_bound": lb}}, "metrics": {"test/accuracy": a}}
+            write_record(tmp_path / "runs" / "toy" / f"r{i}.json", rec)
+            i += 1
+    spec = TableSpec(experiment="toy", rows=["loss.similarity", "loss.lower_bound"], metrics=["test/accuracy"],
+                     baseline={"loss.similarity": "identity"})
+    long = summarize(load_runs(tmp_path), spec)
+    low = long[long["loss.lower_bound"] == 0.2].iloc[0]
+    assert low["p_value"] == pytest.approx(_welch_p([0.18, 0.19, 0.17], [0.34, 0.35, 0.33]))
+    assert low["significant"]
+    assert not long[long["loss.lower_bound"] == 0.9].iloc[0]["significant"]
