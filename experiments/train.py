@@ -86,7 +86,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, log=print) -> di
         last.unlink()
     if tcfg.keep_checkpoint == "none":
         shutil.rmtree(workdir, ignore_errors=True)
-    headline = {k: v for k, v in fit.metrics.items() if k.startswith("test/")}
+    headline = {k: v for k, v in fit.metrics.items() if k.startswith("test/") and v is not None}
     shown = ", ".join(f"{k}={v:.4f}" for k, v in list(headline.items())[:3])
     log(f"done {cfg.experiment_name}/{run_id}: {shown} ({record['duration_s']:.1f} s) -> {path}")
     return record
