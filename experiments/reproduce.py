@@ -169,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     sweep_failures = 0
     if not args.render_only:
-        for exp in exps:
-            for cmd in exp.commands(args.profile, results_dir, args.jobs, args.launcher):
-                print(f"==> {exp.name}: {' '.join(cmd[3:])}", flush=True)
-                sweep_failures += subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0
+        todo = [(exp, cmd) for exp in exps for cmd in exp.commands(args.profile, results_dir, args.jobs,
+                                                                   args.launcher)]
+        for i, (exp, cmd) in enumerate(todo, 1):
+            elapsed = (time.time() - t0) / 60
+            print(f"==> sweep {i}/{len(todo)} ({elapsed:.1f} min so far) {exp.name}: {' '.join(cmd[3:])}",
+                  flush=True)
+            sweep_failures += subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0
     summary = render_all(exps, results_dir)
     figures = plot_all(exps, results_dir)
     minutes = (time.time() - t0) / 60
