@@ -1,10 +1,13 @@
 """UTKFace and AFAD readers with the SimLoss protocol.
 
-Classes are ages `min_age..max_age` (official: 1..90, 90 classes, index = age − 1). All usable images are put
-in ImageFolder order (by age, then path), split once by `seeded_split` (seed 42, 60/20/20, the official
-`TrainValTestDataset`), resized to 60×60 without augmentation and decoded once into a uint8 cache.
-Files that do not fit the naming/layout rules or whose age is out of range are counted, reported in one log
-line and never used.
+Classes are ages `min_age..max_age` (90 classes). `labels: age` gives index = age − min_age; `labels:
+official_rank` gives what the official code's `ImageFolder` gives: the rank of the image's age folder among the
+folders present, folder names sorted as strings (UTKFace folders are the README's 3-digit `025`; AFAD's as on
+disk). `listing: strict` keeps only names/layouts that parse fully; `listing: official` keeps what ImageFolder
+over the README's layout keeps (UTKFace: any `<age>_*` image name; AFAD: any image file below an age folder),
+in ImageFolder order (folder name as a string, then path). The usable images are split once by `seeded_split`
+(seed 42, 60/20/20, the official `TrainValTestDataset`), resized to 60×60 without augmentation and decoded once
+into a uint8 cache. Skipped files are counted, reported in one log line and never used.
 """
 from __future__ import annotations
 
@@ -24,17 +27,22 @@ log = logging.getLogger(__name__)
 
 DECODER_VERSION = 1
 UTK_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.jpg(\.chip\.jpg)?$", re.IGNORECASE)
+UTK_AGE_PREFIX = re.compile(r"^(\d+)_")
 AFAD_GENDERS = ("111", "112")
+IMAGE_FOLDER_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+LABELS = ("age", "official_rank")
+LISTINGS = ("strict", "official")
 
 
 @dataclass
 class Listing:
     files: list[Path] = field(default_factory=list)
     ages: list[int] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
     unparsed: list[str] = field(default_factory=list)
     out_of_range: list[str] = field(default_factory=list)
 
-    def add(self, path: Path, age: int | None, lo: int, hi: int, rel: str) -> None:
+    def add(self, path: Path, age: int | None, lo: int, hi: int, rel: str, folder: str = "") -> None:
         if age is None:
             self.unparsed.append(rel)
         elif not lo <= age <= hi:
@@ -42,11 +50,21 @@ class Listing:
         else:
             self.files.append(path)
             self.ages.append(age)
+            self.folders.append(folder)
 
-    def sorted(self) -> "Listing":
-        order = sorted(range(len(self.files)), key=lambda i: (self.ages[i], str(self.files[i])))
+    def sorted(self, by_folder_name: bool = False) -> "Listing":
+        """ImageFolder order: by age (= by folder when names have equal length), or by folder name as a string."""
+        first = self.folders if by_folder_name else self.ages
+        order = sorted(range(len(self.files)), key=lambda i: (first[i], str(self.files[i])))
         return Listing([self.files[i] for i in order], [self.ages[i] for i in order],
-                       self.unparsed, self.out_of_range)
+                       [self.folders[i] for i in order], self.unparsed, self.out_of_range)
+
+    def labels(self, rule: str, lo: int) -> list[int]:
+        """`age`: age − lo. `official_rank`: rank of the folder among the folders present, sorted as strings."""
+        if rule == "age":
+            return [a - lo for a in self.ages]
+        rank = {f: i for i, f in enumerate(sorted(set(self.folders)))}
+        return [rank[f] for f in self.folders]
 
     def counts(self) -> dict[str, int]:
         return {"used": len(self.files), "unparsed": len(self.unparsed), "out_of_range": len(self.out_of_range)}
@@ -57,25 +75,34 @@ def _visible_files(root: Path) -> list[Path]:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
 
 
-def list_utkface(root: Path, lo: int, hi: int) -> Listing:
-    """`<age>_<gender>_<race>_<datetime>.jpg[.chip.jpg]` files directly in `root`."""
+def list_utkface(root: Path, lo: int, hi: int, listing: str = "strict") -> Listing:
+    """Files directly in `root`: strict `<age>_<gender>_<race>_<datetime>.jpg[.chip.jpg]`; official any image
+    named `<age>_*` (what the README's sorting into 3-digit age folders keeps). Folder = the 3-digit age."""
     out = Listing()
     for p in sorted(root.iterdir()):
         if p.name.startswith(".") or not p.is_file():
             continue
-        m = UTK_NAME.match(p.name)
-        out.add(p, int(m.group(1)) if m else None, lo, hi, p.name)
+        if listing == "official":
+            m = UTK_AGE_PREFIX.match(p.name) if p.name.lower().endswith(IMAGE_FOLDER_EXT) else None
+        else:
+            m = UTK_NAME.match(p.name)
+        age = int(m.group(1)) if m else None
+        out.add(p, age, lo, hi, p.name, f"{age:03d}" if age is not None else "")
     return out
 
 
-def list_afad(root: Path, lo: int, hi: int) -> Listing:
-    """`<age>/<111|112>/*.jpg` below `root` (AFAD-Full)."""
+def list_afad(root: Path, lo: int, hi: int, listing: str = "strict") -> Listing:
+    """Below `root` (AFAD-Full): strict `<age>/<111|112>/*.jpg`; official any image file at any depth below a
+    numeric age folder (ImageFolder's walk). Folder = the age folder's name as on disk."""
     out = Listing()
     for p in _visible_files(root):
         parts = p.relative_to(root).parts
-        ok = (len(parts) == 3 and parts[0].isdigit() and parts[1] in AFAD_GENDERS
-              and p.suffix.lower() == ".jpg")
-        out.add(p, int(parts[0]) if ok else None, lo, hi, "/".join(parts))
+        if listing == "official":
+            ok = len(parts) >= 2 and parts[0].isdigit() and p.name.lower().endswith(IMAGE_FOLDER_EXT)
+        else:
+            ok = (len(parts) == 3 and parts[0].isdigit() and parts[1] in AFAD_GENDERS
+                  and p.suffix.lower() == ".jpg")
+        out.add(p, int(parts[0]) if ok else None, lo, hi, "/".join(parts), parts[0])
     return out
 
 
@@ -99,7 +126,13 @@ class _AgeFolder:
 
     def __init__(self, root: str, cache_dir: str | None = None, image_size: int = 60, min_age: int = 1,
                  max_age: int = 90, split_seed: int = 42, fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)):
+                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 labels: str = "age", listing: str = "strict"):
+        if labels not in LABELS:
+            raise UserError(f"dataset.labels={labels!r}: choose age (index = age − min_age) or official_rank "
+                            f"(the official ImageFolder's rank of the age folder)")
+        if listing not in LISTINGS:
+            raise UserError(f"dataset.listing={listing!r}: choose strict or official (what ImageFolder keeps)")
         if not 1 <= min_age <= max_age:
             raise UserError(f"dataset.min_age={min_age}, dataset.max_age={max_age}: need 1 ≤ min_age ≤ max_age")
         if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9:
@@ -109,15 +142,22 @@ class _AgeFolder:
         self.image_size, self.lo, self.hi = image_size, min_age, max_age
         self.split_seed, self.fractions = split_seed, tuple(fractions)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.labels, self.listing_rule = labels, listing
 
     def listing(self) -> Listing:
         raise NotImplementedError
+
+    def class_names(self, lst: Listing, k: int) -> list[str]:
+        if self.labels == "age":
+            return [str(a) for a in range(self.lo, self.hi + 1)]
+        present = sorted(set(lst.folders))
+        return [str(int(f)) for f in present] + [f"unused_{i}" for i in range(len(present), k)]
 
     def __call__(self):
         if not self.root.is_dir():
             raise UserError(f"dataset.root={self.root} is not a folder; put the {self.name} images there "
                             f"or set dataset.root")
-        lst = self.listing().sorted()
+        lst = self.listing().sorted(by_folder_name=self.listing_rule == "official")
         c = lst.counts()
         if c["unparsed"] or c["out_of_range"]:
             example = (lst.unparsed or lst.out_of_range)[0]
@@ -131,14 +171,14 @@ class _AgeFolder:
                         v=DECODER_VERSION)
         x = cached(self.cache_dir / f"{self.name}_{self.image_size}px_{key}.pt",
                    lambda: decode_images(lst.files, self.image_size))
-        y = torch.tensor(lst.ages, dtype=torch.long) - self.lo
+        y = torch.tensor(lst.labels(self.labels, self.lo), dtype=torch.long)
         train_i, val_i, test_i = (torch.from_numpy(i) for i in seeded_split(len(y), self.fractions, self.split_seed))
         pool = TensorSplit(x, y, rel)
         k = self.hi - self.lo + 1
-        meta = Meta(num_classes=k, class_names=[str(a) for a in range(self.lo, self.hi + 1)],
+        meta = Meta(num_classes=k, class_names=self.class_names(lst, k),
                     class_counts=torch.zeros(k, dtype=torch.long), channels=3, image_size=self.image_size,
-                    mean=self.mean, std=self.std, natural_similarity="ordinal",
-                    extras={"min_age": self.lo, "files": c})
+                    mean=self.mean, std=self.std, natural_similarity="ordinal", ordered=True,
+                    extras={"min_age": self.lo, "files": c, "labels": self.labels})
         return assemble(pool.subset(train_i), pool.subset(test_i), meta, val=pool.subset(val_i))
 
 
@@ -148,7 +188,7 @@ class UTKFace(_AgeFolder):
     name = "utkface"
 
     def listing(self) -> Listing:
-        return list_utkface(self.root, self.lo, self.hi)
+        return list_utkface(self.root, self.lo, self.hi, self.listing_rule)
 
 
 class AFAD(_AgeFolder):
@@ -157,4 +197,4 @@ class AFAD(_AgeFolder):
     name = "afad"
 
     def listing(self) -> Listing:
-        return list_afad(self.root, self.lo, self.hi)
+        return list_afad(self.root, self.lo, self.hi, self.listing_rule)

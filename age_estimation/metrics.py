@@ -1,27 +1,54 @@
-"""Age metrics in class units (= years, class index = age − 1).
+"""Age metrics in class units (= years for the age datasets, class index = age − 1).
 
-mae / mse: of the argmax class, as in the official code. mae_expected / mse_expected: of the expected class
-Σ_c c·p_c under the predicted distribution. mistake_severity: mean |ŷ − y| over misclassified samples.
+`AgeMetrics` (argmax class, as in the official code): mae, mse, and mistake_severity = mean |ŷ − y| over
+misclassified samples. `ExpectedAgeMetrics`: mae_expected / mse_expected of the expected class Σ_c c·p_c under
+the predicted distribution; a loss whose primary scores are independent per-class scores (AN, EPR, ROLE,
+two-head head B) is read through `experiments.metrics.renormalised` (each row divided by its sum), and the run
+records that adaptation.
 """
 from __future__ import annotations
 
 import torch
 
-from experiments.metrics import EvalOutputs, Metric
+from experiments.metrics import EvalOutputs, Measure, Metric
+
+ERROR_UNITS = ("years", "classes")
+
+
+def _error_measure(unit: str) -> Measure:
+    if unit not in ERROR_UNITS:
+        raise ValueError(f"unit={unit!r}: choose one of {', '.join(ERROR_UNITS)}")
+    return Measure(False, unit)
 
 
 class AgeMetrics(Metric):
+    requires = ("ordered",)
+
+    def __init__(self, unit: str = "years"):
+        err = _error_measure(unit)
+        self.measures = {"mae": err, "mse": Measure(False, "score"), "mistake_severity": err}
+
     def __call__(self, out: EvalOutputs, meta, state=None):
         y = out.targets.cpu().double()
         err = out.pred.cpu().double() - y
-        probs = out.scores["probs"].cpu().double()
-        expected = probs @ torch.arange(probs.shape[1], dtype=torch.float64)
-        err_exp = expected - y
         wrong = err != 0
         return {
             "mae": err.abs().mean().item(),
             "mse": err.pow(2).mean().item(),
-            "mae_expected": err_exp.abs().mean().item(),
-            "mse_expected": err_exp.pow(2).mean().item(),
             "mistake_severity": err[wrong].abs().mean().item() if wrong.any() else float("nan"),
         }
+
+
+class ExpectedAgeMetrics(Metric):
+    requires = ("ordered",)
+    needs = "distribution"
+    adapts_independent = True
+
+    def __init__(self, unit: str = "years"):
+        self.measures = {"mae_expected": _error_measure(unit), "mse_expected": Measure(False, "score")}
+
+    def __call__(self, out: EvalOutputs, meta, state=None):
+        y = out.targets.cpu().double()
+        probs = out.distribution().cpu().double()
+        err = probs @ torch.arange(probs.shape[1], dtype=torch.float64) - y
+        return {"mae_expected": err.abs().mean().item(), "mse_expected": err.pow(2).mean().item()}

@@ -4,7 +4,8 @@ Ages follow a UTKFace-like histogram (a bump of infants, most people 20–40, fe
 age pattern — a smooth blend of `anchors` random patterns placed along the age axis, so appearance changes
 continuously with age — plus a per-person identity pattern, a random shift, contrast/brightness jitter and
 pixel noise. Neighbouring ages look alike, so a classifier's mistakes land mostly near the true age.
-The pool is split like the real datasets: one permutation with `split_seed`, 60/20/20.
+The pool is split like the real datasets: one permutation with `split_seed`, 60/20/20; `imbalance` (ratio 1 =
+none) then subsamples the training part per age class, as for every in-memory dataset.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.stand_in import render, smooth_patterns
-from experiments.data import Meta, TensorSplit, assemble, cache_key, cached, seeded_split
+from experiments.stand_in import generator_sources, render, smooth_patterns
+from experiments.data import Meta, TensorSplit, assemble, cache_file, cache_key, cached, seeded_split
 
 GENERATOR_VERSION = 1
 NUM_AGES = 90
@@ -56,17 +57,19 @@ class SyntheticAge:
 
     def __init__(self, root: str, n_images: int = 4000, image_size: int = 32, seed: int = 0, anchors: int = 12,
                  width: float = 6.0, identity: float = 0.6, noise: float = 0.5, max_shift: int = 1,
-                 scale: float = 1.0, split_seed: int = 42):
+                 scale: float = 1.0, split_seed: int = 42, imbalance: dict | None = None):
         if scale <= 0:
             raise ValueError(f"scale={scale}: must be > 0")
         self.root = Path(root)
         self.gen = dict(n_images=max(10, int(round(n_images * scale))), image_size=image_size, seed=seed,
                         anchors=anchors, width=width, identity=identity, noise=noise, max_shift=max_shift)
         self.split_seed = split_seed
+        self.imbalance = dict(imbalance) if imbalance else None
 
     @property
     def cache_path(self) -> Path:
-        return self.root / f"synthetic_age_v{GENERATOR_VERSION}_{cache_key(**self.gen)}.pt"
+        return cache_file(self.root / f"synthetic_age_v{GENERATOR_VERSION}_{cache_key(**self.gen)}.pt",
+                          generator_sources(__file__))
 
     def __call__(self):
         raw = cached(self.cache_path, lambda: generate(**self.gen))
@@ -76,5 +79,6 @@ class SyntheticAge:
         meta = Meta(num_classes=NUM_AGES, class_names=[str(a) for a in range(1, NUM_AGES + 1)],
                     class_counts=torch.zeros(NUM_AGES, dtype=torch.long), channels=3,
                     image_size=self.gen["image_size"], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                    natural_similarity="ordinal", extras={"min_age": 1})
-        return assemble(pool.subset(train_i), pool.subset(test_i), meta, val=pool.subset(val_i))
+                    natural_similarity="ordinal", ordered=True, extras={"min_age": 1})
+        return assemble(pool.subset(train_i), pool.subset(test_i), meta, val=pool.subset(val_i),
+                        imbalance=self.imbalance)

@@ -10,7 +10,11 @@ thresholding, so it is not repeated here.
 APS (Romano et al. 2020): s(x, j) = mass of the classes ranked above j + u·p_j; u = 1 is TorchCP's non-randomised
 score, u = 0 (default here) Romano et al.'s non-randomised sets (the class at which the mass crosses t is always in,
 so no set is empty while t > 0), u ~ U(0, 1) per entry the randomised version.
-RAPS (Angelopoulos et al. 2021): APS + penalty · max(0, rank(j) − k_reg), rank counted from 1.
+RAPS (Angelopoulos et al. 2021): the penalty λ·1[rank > k_reg] is added to each class's own mass (rank counted
+from 1, as the official `msk[:, kreg:] += lamda`), so s(x, j) = mass + penalties of the classes ranked above j
++ u·(p_j + λ·1[rank(j) > k_reg]). With u = 0 the class where the threshold is crossed is charged the previous
+rank's cumulative penalty, exactly the official `gcq(randomized=False)` (`raps_rule: official`, default);
+`raps_rule: own_rank` charges its own rank's penalty λ·max(0, rank(j) − k_reg) whatever u (smaller sets).
 Scores that are not a distribution (sigmoid heads) are renormalised to sum to one per row.
 """
 from __future__ import annotations
@@ -20,14 +24,19 @@ from typing import Any, Sequence
 
 import torch
 
-from average_k.metrics import avgk_threshold, k_label, per_class_mean, nanmean
+from average_k.metrics import FIT_ON_VALIDATION, avgk_threshold, k_label, per_class_mean, nanmean
 from experiments.errors import UserError
-from experiments.metrics import EvalOutputs, Metric
+from experiments.metrics import HIGHER, EvalOutputs, Measure, Metric
+
+
+RAPS_RULES = ("official", "own_rank")
 
 
 def aps_scores(probs: torch.Tensor, penalty: float = 0.0, kreg: float = 0.0,
-               u: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """N×C non-conformity score of every class: mass ranked above + u·own mass (+ RAPS penalty)."""
+               u: float | torch.Tensor = 1.0, rule: str = "official") -> torch.Tensor:
+    """N×C non-conformity score of every class: mass ranked above + u·own mass (+ RAPS penalty, see `rule`)."""
+    if rule not in RAPS_RULES:
+        raise UserError(f"raps_rule={rule!r}: choose official (gcq) or own_rank")
     p = probs.detach().double()
     p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-300)
     ordered, order = p.sort(dim=1, descending=True, stable=True)
@@ -35,7 +44,10 @@ def aps_scores(probs: torch.Tensor, penalty: float = 0.0, kreg: float = 0.0,
     cum = ordered.cumsum(dim=1) - (1 - u_sorted) * ordered
     if penalty:
         rank = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
-        cum = cum + penalty * (rank - kreg).clamp_min(0)[None, :]
+        charged = (rank - kreg).clamp_min(0)[None, :]
+        if rule == "official":
+            charged = charged - (1 - u_sorted) * (rank > kreg).double()[None, :]
+        cum = cum + penalty * charged
     return torch.empty_like(cum).scatter_(1, order, cum)
 
 
@@ -48,10 +60,15 @@ class ConformalSets(Metric):
     """APS / RAPS sets on the primary scores (or `score_key`), t fitted on validation for each K."""
 
     METHODS = ("aps", "raps")
+    needs = "distribution"
+    adapts_independent = True
+    fitted_on_validation = True
+    measures = {f"{m}_{name}": meaning for m in METHODS for name, meaning in
+                (("acc", HIGHER), ("macro_acc", HIGHER), ("size", Measure(None, "classes")), ("alpha", Measure(None)))}
 
     def __init__(self, ks: Sequence[float] = (1, 2, 3, 5), methods: Sequence[str] = ("aps", "raps"),
                  score_key: str = "probs", aps_u: float | str = 0.0, seed: int = 0,
-                 raps_penalty: float = 0.01, raps_kreg: float | None = None):
+                 raps_penalty: float = 0.01, raps_kreg: float | None = None, raps_rule: str = "official"):
         bad = [m for m in methods if m not in self.METHODS]
         if bad:
             raise UserError(f"conformal methods {bad} unknown; choose from {', '.join(self.METHODS)}")
@@ -59,10 +76,12 @@ class ConformalSets(Metric):
             raise UserError(f"aps_u={aps_u!r}: use a number in [0, 1] or 'random'")
         if raps_penalty < 0:
             raise UserError(f"raps_penalty={raps_penalty} must be ≥ 0")
+        if raps_rule not in RAPS_RULES:
+            raise UserError(f"raps_rule={raps_rule!r}: choose official (gcq) or own_rank")
         self.ks = tuple(float(k) for k in ks)
         self.methods, self.score_key = tuple(methods), score_key
         self.aps_u, self.seed = aps_u, seed
-        self.raps_penalty, self.raps_kreg = raps_penalty, raps_kreg
+        self.raps_penalty, self.raps_kreg, self.raps_rule = raps_penalty, raps_kreg, raps_rule
 
     def _scores(self, probs: torch.Tensor, method: str, k: float) -> torch.Tensor:
         u = self.aps_u
@@ -72,13 +91,13 @@ class ConformalSets(Metric):
         if method == "aps":
             return aps_scores(probs, u=u)
         kreg = self.raps_kreg if self.raps_kreg is not None else float(math.floor(k))
-        return aps_scores(probs, self.raps_penalty, kreg, u)
+        return aps_scores(probs, self.raps_penalty, kreg, u, self.raps_rule)
 
     def _probs(self, out: EvalOutputs) -> torch.Tensor:
         if self.score_key not in out.scores:
             raise UserError(f"conformal score_key={self.score_key!r} not among the loss's scores "
                             f"{sorted(out.scores)}; set it to one of them")
-        return out.scores[self.score_key]
+        return out.distribution(self.score_key)
 
     def fit(self, val: EvalOutputs, meta) -> dict[tuple[str, float], float]:
         probs = self._probs(val)
@@ -87,7 +106,7 @@ class ConformalSets(Metric):
 
     def __call__(self, out: EvalOutputs, meta, state: Any = None) -> dict[str, Any]:
         if state is None:
-            state = self.fit(out, meta)
+            raise UserError(f"conformal sets: {FIT_ON_VALIDATION}")
         probs, t = self._probs(out), out.targets.long()
         res: dict[str, Any] = {}
         for m in self.methods:

@@ -117,6 +117,8 @@ class TwoHeadLoss(EngineLoss):
         self.pl_scope, self.pl_force_true, self.pl_budget, self.pl_tie_rule = pl_scope, pl_force_true, pl_budget, pl_tie_rule
         self.pos_weight_opt, self.ml_reduction = pos_weight, ml_reduction
         self.warmup_epochs, self.warmup, self.infer_head = int(warmup_epochs), warmup, infer_head
+        self.score_kinds = ({"probs": "independent", "probs_a": "distribution"} if infer_head == "B"
+                            else {"probs": "distribution", "probs_b": "independent"})
         self.epoch = 0
         self.candidates = EpochCandidates(self.k, epoch_cap)
         self.register_buffer("tau", torch.tensor(float("nan")))
@@ -181,6 +183,8 @@ class TwoHeadLoss(EngineLoss):
 
 
 class _SigmoidHead(EngineLoss):
+    score_kinds = {"probs": "independent"}
+
     def scores(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"probs": outputs["logits"].float().sigmoid()}
 

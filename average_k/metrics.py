@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from experiments.errors import UserError
-from experiments.metrics import EvalOutputs, Metric
+from experiments.metrics import HIGHER, EvalOutputs, Measure, Metric, family
 
 
 def k_label(k: float) -> str:
@@ -97,6 +97,10 @@ def score_sources(scores: dict[str, torch.Tensor], heads: bool) -> dict[str, tor
     return out
 
 
+FIT_ON_VALIDATION = ("a threshold is fitted on the validation split only and none was fitted; give the dataset a "
+                     "validation split (dataset.val_fraction / dataset.val_per_class)")
+
+
 class AverageK(Metric):
     """Average-K accuracy (micro and macro), set sizes and top-K for every K in `ks`, for every score source.
 
@@ -105,6 +109,13 @@ class AverageK(Metric):
     `avgk_{few,medium,many}_acc@K` (macro within a class-frequency bin of training counts) and the list
     `avgk_size_hist@K`; every other source "probs_<x>" gets acc, macro acc, size, threshold with suffix `_<x>`.
     """
+
+    needs = "set_scores"
+    fitted_on_validation = True
+    measures = {"avgk_acc": HIGHER, "avgk_macro_acc": HIGHER, "avgk_size": Measure(None, "classes"),
+                "avgk_threshold": Measure(None, "score"), "avgk_size_median": Measure(None, "classes"),
+                "avgk_empty": Measure(None), "avgk_few_acc": HIGHER, "avgk_medium_acc": HIGHER,
+                "avgk_many_acc": HIGHER, "topk_acc": HIGHER, "topk_macro_acc": HIGHER}
 
     def __init__(self, ks: Sequence[float] = (1, 2, 3, 5), few: int = 20, many: int = 100,
                  hist_max: int | None = None, per_class: bool = False, heads: bool = True):
@@ -121,9 +132,14 @@ class AverageK(Metric):
         return {suffix: {k: avgk_threshold(s, k) for k in self.ks}
                 for suffix, s in score_sources(val.scores, self.heads).items()}
 
+    def measure(self, name: str) -> Measure | None:
+        """Other score sources report `<family>_<source>@K` (e.g. `avgk_acc_a@1`) with the family's meaning."""
+        fam = family(name)
+        return self.measures.get(fam) or self.measures.get(fam.rsplit("_", 1)[0])
+
     def __call__(self, out: EvalOutputs, meta, state: Any = None) -> dict[str, Any]:
         if state is None:
-            state = self.fit(out, meta)
+            raise UserError(f"average-K metrics: {FIT_ON_VALIDATION}")
         c = meta.num_classes
         res: dict[str, Any] = {}
         bins = shot_masks(meta.class_counts, self.few, self.many)

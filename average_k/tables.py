@@ -53,7 +53,7 @@ def long_table(runs: pd.DataFrame, ks: Sequence[float]) -> pd.DataFrame:
                        "avgk_acc": micro, "avgk_macro_acc": r.get(f"test/avgk_macro_acc{suffix}@{lab}"),
                        "avgk_size": r.get(f"test/avgk_size{suffix}@{lab}"), "path": r.get("path")}
                 for b in BINS:
-                    row[f"{b}_classes_acc"] = r.get(f"test/avgk_{b}_acc@{lab}") if not suffix else math.nan
+                    row[f"avgk_{b}_acc"] = r.get(f"test/avgk_{b}_acc@{lab}") if not suffix else math.nan
                 rows.append(row)
     return pd.DataFrame(rows, columns=["dataset", "K", "method", "seed", "avgk_acc", "avgk_macro_acc", "avgk_size",
-                                       *[f"{b}_classes_acc" for b in BINS], "path"])
+                                       *[f"avgk_{b}_acc" for b in BINS], "path"])

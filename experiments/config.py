@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -12,11 +14,64 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments.data import Data
 from experiments.errors import UserError
 from experiments.losses.base import EngineLoss
-from experiments.metrics import Metric
+from experiments.metrics import Metric, check_kinds, pairing
 from experiments.models import Network
 from experiments.trainer import OptimConfig, TrainerConfig
 
 ENGINE_SUPPLIED = {"model": {"in_channels", "image_size"}}
+METRIC_SETS = Path(__file__).resolve().parent.parent / "conf" / "metrics"
+
+
+@dataclass
+class MetricSpec:
+    node: dict
+    explicit: bool      # asked for by name (root `metrics`/`metric_sets`): refused, never skipped, when unmet
+    source: str         # the metric set it came from, or `metrics`
+
+
+class MetricSet(dict):
+    """name → Metric, plus `notes`: name → why it was skipped or how it reads an unmet score kind."""
+
+    def __init__(self, metrics: dict[str, Metric], notes: dict[str, str]):
+        super().__init__(metrics)
+        self.notes = notes
+
+
+def _resolved(cfg: DictConfig, node: Any) -> dict:
+    """A metric-set node with its interpolations (`${avgk.eval_ks}`, `${dataset.shots.few}`) resolved against
+    the run's config."""
+    root = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    root.merge_with({"_metric_": node})
+    return OmegaConf.to_container(root._metric_, resolve=True)
+
+
+def _load_set(name: str) -> DictConfig:
+    path = METRIC_SETS / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in METRIC_SETS.glob("*.yaml")))
+        raise UserError(f"metric set {name!r} does not exist (conf/metrics/); choose from {known}")
+    return OmegaConf.load(path)
+
+
+def metric_specs(cfg: DictConfig) -> dict[str, MetricSpec]:
+    """The metrics of a run: the sets named by root `metric_sets` (explicit) or else the dataset's
+    `metric_sets` (defaults), then root `metrics` entries merged over them by name (explicit; `null` drops one)."""
+    chosen = cfg.get("metric_sets")
+    names = chosen if chosen is not None else (cfg.dataset.get("metric_sets") or ["classification"])
+    if isinstance(names, str):
+        names = [names]
+    raw: dict[str, tuple[Any, bool, str]] = {}
+    for set_name in names:
+        for key, node in _load_set(str(set_name)).items():
+            raw[str(key)] = (node, chosen is not None, str(set_name))
+    for key, node in (cfg.get("metrics") or {}).items():
+        if node is None:
+            raw.pop(str(key), None)
+            continue
+        base = raw.get(str(key))
+        merged = OmegaConf.merge(base[0], node) if base is not None and "_target_" not in node else node
+        raw[str(key)] = (merged, True, "metrics")
+    return {k: MetricSpec(_resolved(cfg, node), explicit, src) for k, (node, explicit, src) in raw.items()}
 
 
 def _schema(cls, node: DictConfig, where: str):
@@ -31,10 +86,14 @@ def _schema(cls, node: DictConfig, where: str):
     return obj
 
 
+DATASET_DECLARATIONS = ("metric_sets", "shots")   # read by the engine and the metric sets, not the dataset
+
+
 def dataset_node(cfg: DictConfig) -> DictConfig:
-    """The dataset config without its `metrics` (which the engine, not the dataset, consumes)."""
+    """The dataset config without the keys the engine, not the dataset builder, consumes."""
     node = OmegaConf.to_container(cfg.dataset, resolve=True)
-    node.pop("metrics", None)
+    for key in DATASET_DECLARATIONS:
+        node.pop(key, None)
     return OmegaConf.create(node)
 
 
@@ -75,10 +134,11 @@ def validate(cfg: DictConfig) -> tuple[TrainerConfig, OptimConfig]:
     check_target(dataset_node(cfg), "dataset")
     check_target(cfg.model, "model", ENGINE_SUPPLIED["model"])
     check_target(cfg.loss, "loss")
-    for name, node in (cfg.get("metrics") or {}).items():
-        check_target(node, f"metrics.{name}")
-    for name, node in (cfg.dataset.get("metrics") or {}).items():
-        check_target(node, f"dataset.metrics.{name}")
+    for name, spec in metric_specs(cfg).items():
+        if "_target_" not in spec.node:
+            raise UserError(f"metrics.{name}: no metric of that name in the chosen sets to override; give a "
+                            f"_target_ or pick a set that has it (conf/metrics/)")
+        check_target(OmegaConf.create(spec.node), f"metrics.{name}")
     return tcfg, ocfg
 
 
@@ -108,8 +168,28 @@ def build_components(cfg: DictConfig) -> tuple[Data, EngineLoss, Network, dict[s
     except ValueError as e:
         raise UserError(f"loss: {e}") from None
     backbone = _instantiate(cfg.model, "model", in_channels=data.meta.channels, image_size=data.meta.image_size)
-    model = Network(backbone, data.meta.num_classes, ("logits",) + tuple(loss.extra_heads), head=loss.head)
-    specs = dict(cfg.get("metrics") or {})
-    specs.update(dict(cfg.dataset.get("metrics") or {}))
-    metrics = {name: _instantiate(node, f"metrics.{name}") for name, node in specs.items() if node is not None}
-    return data, loss, model, metrics
+    model = Network(backbone, data.meta.num_classes, loss.head_sizes(data.meta.num_classes), head=loss.head)
+    return data, loss, model, build_metrics(cfg, loss, data)
+
+
+def build_metrics(cfg: DictConfig, loss: EngineLoss, data: Data) -> MetricSet:
+    """Instantiate the run's metrics and pair each with the loss's score kinds and the dataset's structure: a
+    metric from a default set that cannot be computed is skipped with a note; one asked for by name is refused."""
+    check_kinds(loss.score_kinds, f"loss ({type(loss).__name__})")
+    metrics, notes = {}, {}
+    for name, spec in metric_specs(cfg).items():
+        metric = _instantiate(OmegaConf.create(spec.node), f"metrics.{name}")
+        refusal, adaptation = pairing(metric, loss.score_kinds, data.meta)
+        if refusal is None and getattr(metric, "fitted_on_validation", False) and len(data.val) == 0:
+            refusal = "fits on a validation split and this dataset has none"
+        if refusal and spec.explicit:
+            raise UserError(f"metrics.{name} ({spec.node['_target_']}) cannot be computed for loss "
+                            f"{type(loss).__name__} on this dataset: it {refusal}; drop it (metrics.{name}=null) "
+                            f"or change loss/dataset")
+        if refusal:
+            notes[name] = f"skipped: {refusal} (from metric set {spec.source})"
+            continue
+        if adaptation:
+            notes[name] = f"adapted: {adaptation}"
+        metrics[name] = metric
+    return MetricSet(metrics, notes)

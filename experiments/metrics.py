@@ -1,4 +1,4 @@
-"""Metrics over a whole split, vectorised.
+"""Metrics over a whole split, vectorised, and the contract that pairs them with losses and datasets.
 
 A metric is an object with
 - `fit(val: EvalOutputs, meta) -> state`   (optional; e.g. an average-K threshold). The trainer fits on the
@@ -6,16 +6,72 @@ A metric is an object with
 - `__call__(out: EvalOutputs, meta, state) -> dict[name, float | list]`. Lower-case names without the split
   prefix (`accuracy`, `mae`, `avgk_acc@2`); the trainer prefixes `val/` or `test/`. Scalars go to the run's
   `metrics`, lists (per-class values, histograms) to its `details`.
-Metrics are configured as a dict of `_target_` nodes: the top-level `metrics` plus the dataset's `metrics`.
+and three declarations the engine reads (it never guesses meaning from a name):
+- `needs`: the score kind it reads (`SCORE_NEEDS`): `ranking` (any per-class score or the logits),
+  `distribution` (rows summing to 1), `set_scores` (a distribution or independent per-class scores).
+  `adapts_independent`: a metric that needs a distribution but documents how it renormalises independent
+  scores; the run records that adaptation. Otherwise an unmet need refuses the run with one `error:` line.
+- `requires`: dataset structure it needs (`ordered` classes, `superclass`).
+- `measures`: family name → `Measure` (direction and unit) for every scalar it reports. A reported name is
+  either a family or `family@parameter` (`avgk_acc@3`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from experiments.data import Meta
+from experiments.errors import UserError
+
+DISTRIBUTION, INDEPENDENT, LOGITS = "distribution", "independent", "logits"
+SCORE_KINDS = (DISTRIBUTION, INDEPENDENT, LOGITS)
+SCORE_NEEDS = {"ranking": SCORE_KINDS, "distribution": (DISTRIBUTION,), "set_scores": (DISTRIBUTION, INDEPENDENT)}
+UNITS = {"fraction": "%", "years": "years", "classes": "classes", "count": "count", "nats": "nats",
+         "score": "score", "ratio": "ratio"}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What one reported number means. `higher_is_better=None` marks a descriptive number (a threshold, a
+    count) that is never selected on nor bolded. `unit="fraction"` is shown ×100 with a % sign."""
+
+    higher_is_better: bool | None
+    unit: str = "fraction"
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise ValueError(f"Measure unit {self.unit!r}: choose one of {', '.join(UNITS)}")
+
+    @property
+    def scale(self) -> float:
+        return 100.0 if self.unit == "fraction" else 1.0
+
+    @property
+    def suffix(self) -> str:
+        return UNITS[self.unit]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+HIGHER, LOWER = Measure(True), Measure(False)
+LOSS = Measure(False, "nats")
+
+
+def family(name: str) -> str:
+    """`avgk_acc@3` → `avgk_acc`; a name without a parameter is its own family."""
+    return name.split("@", 1)[0]
+
+
+def renormalised(scores: torch.Tensor) -> torch.Tensor:
+    """Independent per-class scores turned into a distribution: each row divided by its sum (uniform when a
+    row sums to 0). The documented adaptation of metrics with `adapts_independent = True`."""
+    s = scores.double().clamp_min(0)
+    total = s.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(s, 1.0 / s.shape[1])
+    return torch.where(total > 0, s / total.clamp_min(1e-300), uniform).to(scores.dtype)
 
 
 @dataclass
@@ -23,25 +79,77 @@ class EvalOutputs:
     """Everything a metric may read about one split, on the CPU."""
 
     outputs: dict[str, torch.Tensor]   # raw model outputs per head, N×C
-    scores: dict[str, torch.Tensor]    # probabilities from `loss.scores` ("probs" is the primary)
+    scores: dict[str, torch.Tensor]    # per-class scores from `loss.scores` ("probs" is the primary)
     targets: torch.Tensor              # N, int64
     loss: float | None = None          # mean training objective on this split
+    kinds: dict[str, str] | None = None  # the loss's declared kind of each score (`EngineLoss.score_kinds`)
+    prediction: torch.Tensor | None = None  # the loss's own decision rule (`EngineLoss.predict`), N labels
 
     @property
     def logits(self) -> torch.Tensor:
-        return self.outputs["logits"]
+        """The C-wide "logits" head; for a loss without one (CORAL/CORN), the log of its primary score."""
+        if "logits" in self.outputs:
+            return self.outputs["logits"]
+        return self.scores["probs"].double().clamp_min(1e-300).log().float()
 
     @property
     def pred(self) -> torch.Tensor:
-        return self.logits.argmax(dim=1)
+        return self.prediction if self.prediction is not None else self.logits.argmax(dim=1)
+
+    def kind(self, key: str = "probs") -> str:
+        return (self.kinds or {}).get(key, DISTRIBUTION)
+
+    def distribution(self, key: str = "probs") -> torch.Tensor:
+        """The score `key` as a distribution: as is when declared one, renormalised when independent."""
+        s = self.scores[key]
+        return renormalised(s) if self.kind(key) == INDEPENDENT else s
 
 
 class Metric:
+    needs: ClassVar[str] = "ranking"
+    adapts_independent: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ()
+    measures: dict[str, Measure] = {}
+
     def fit(self, val: EvalOutputs, meta: Meta) -> Any:
         return None
 
     def __call__(self, out: EvalOutputs, meta: Meta, state: Any = None) -> dict[str, Any]:
         raise NotImplementedError
+
+    def measure(self, name: str) -> Measure | None:
+        return self.measures.get(name) or self.measures.get(family(name))
+
+
+def structure_of(meta: Meta) -> set[str]:
+    """The structure a dataset offers to metrics: `ordered` classes, `superclass`."""
+    have = set()
+    if meta.ordered:
+        have.add("ordered")
+    if meta.superclass is not None:
+        have.add("superclass")
+    return have
+
+
+def pairing(metric: Metric, kinds: dict[str, str], meta: Meta) -> tuple[str | None, str | None]:
+    """(refusal, adaptation) of one metric for a loss's primary score kind and a dataset: a refusal is the
+    reason the pair cannot be computed; an adaptation says how the metric reads an unmet kind."""
+    missing = [r for r in metric.requires if r not in structure_of(meta)]
+    if missing:
+        return f"needs {' and '.join(missing)} classes, which this dataset does not have", None
+    kind = kinds.get("probs", DISTRIBUTION)
+    if kind in SCORE_NEEDS[metric.needs]:
+        return None, None
+    if metric.needs == "distribution" and kind == INDEPENDENT and metric.adapts_independent:
+        return None, "independent scores renormalised to sum to 1 per sample"
+    return f"needs {metric.needs} scores but the loss's primary score is {kind}", None
+
+
+def check_kinds(kinds: dict[str, str], where: str) -> None:
+    bad = {k: v for k, v in kinds.items() if v not in SCORE_KINDS}
+    if "probs" not in kinds or bad:
+        raise UserError(f"{where}.score_kinds={kinds}: declare a kind ({', '.join(SCORE_KINDS)}) for every "
+                        f"score, including the primary `probs`")
 
 
 def per_class_accuracy(pred: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -54,6 +162,8 @@ def per_class_accuracy(pred: torch.Tensor, targets: torch.Tensor, num_classes: i
 class Accuracy(Metric):
     """Top-1 accuracy over samples (micro)."""
 
+    measures = {"accuracy": HIGHER}
+
     def __call__(self, out, meta, state=None):
         return {"accuracy": (out.pred == out.targets).double().mean().item()}
 
@@ -63,6 +173,7 @@ class TopK(Metric):
 
     def __init__(self, ks: tuple[int, ...] = (5,)):
         self.ks = tuple(ks)
+        self.measures = {f"top{k}_accuracy": HIGHER for k in self.ks}
 
     def __call__(self, out, meta, state=None):
         res = {}
@@ -78,6 +189,9 @@ class ClassAccuracy(Metric):
 
     Shot groups by training count (LDAM/OLTR convention): many > `many`, few < `few`, medium in between.
     """
+
+    measures = {"balanced_accuracy": HIGHER, "many_shot_accuracy": HIGHER, "medium_shot_accuracy": HIGHER,
+                "few_shot_accuracy": HIGHER}
 
     def __init__(self, many: int = 100, few: int = 20, per_class: bool = True):
         self.many, self.few, self.per_class = many, few, per_class
@@ -105,3 +219,28 @@ class PredictionHistogram(Metric):
         k = meta.num_classes
         return {"pred_hist": torch.bincount(out.pred, minlength=k).tolist(),
                 "target_hist": torch.bincount(out.targets, minlength=k).tolist()}
+
+
+def measure_of(metrics: dict[str, "Metric"], name: str) -> Measure | None:
+    """The declared meaning of a reported name (`val/accuracy`, `test/avgk_acc@3`, `avgk_acc`)."""
+    leaf = name.split("/", 1)[-1]
+    if leaf == "loss":
+        return LOSS
+    for metric in metrics.values():
+        found = metric.measure(leaf)
+        if found is not None:
+            return found
+    return None
+
+
+def describe(metrics: dict[str, "Metric"], names) -> dict[str, dict[str, Any]]:
+    """{leaf name: declared meaning} for the scalars of a run, as stored in its JSON (`metric_info`)."""
+    out = {}
+    for name in names:
+        leaf = name.split("/", 1)[-1]
+        measure = measure_of(metrics, leaf)
+        if measure is None:
+            raise UserError(f"metric {leaf!r} is reported but declared by no metric's `measures`; declare its "
+                            f"direction and unit where the metric is defined")
+        out[leaf] = out[family(leaf)] = measure.as_dict()
+    return out

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.tables import _is_rate
+from experiments.metrics import family
 
 
 @dataclass
@@ -54,13 +54,23 @@ def _canon(value) -> str:
         return str(value)
 
 
-def _pretty(name: str) -> str:
+def _meaning(metric: str, df: pd.DataFrame) -> dict:
+    """The declared unit and direction of a metric, from the runs' `metric_info` (empty when undeclared)."""
+    leaf = metric.split("/")[-1]
+    measures = df.attrs.get("measures", {})
+    return measures.get(leaf) or measures.get(family(leaf)) or {}
+
+
+def _pretty(name: str, df: pd.DataFrame) -> str:
+    from experiments.metrics import Measure
+
     leaf = name.split("/")[-1].replace("_", " ")
-    return leaf + (" (%)" if _is_rate(name) else "")
+    meaning = _meaning(name, df)
+    return leaf + (f" ({Measure(**meaning).suffix})" if meaning else "")
 
 
-def _scale(metric: str) -> float:
-    return 100.0 if _is_rate(metric) else 1.0
+def _scale(metric: str, df: pd.DataFrame) -> float:
+    return 100.0 if _meaning(metric, df).get("unit") == "fraction" else 1.0
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -79,7 +89,7 @@ def _line(ax, df, spec, metric):
         stats = g.dropna(subset=["_x"]).groupby("_x")["_y"].agg(["mean", "std", "count"]).sort_index()
         if stats.empty:
             continue
-        s = _scale(metric)
+        s = _scale(metric, df)
         ax.plot(stats.index, stats["mean"] * s, marker="o", label=label)
         ax.fill_between(stats.index, (stats["mean"] - stats["std"].fillna(0)) * s,
                         (stats["mean"] + stats["std"].fillna(0)) * s, alpha=0.2)
@@ -93,10 +103,10 @@ def _bars(ax, df, spec, _metric):
     width = 0.8 / max(len(groups), 1)
     pos = np.arange(len(spec.metrics))
     for i, (label, g) in enumerate(groups):
-        vals = [pd.to_numeric(g[m], errors="coerce") * _scale(m) for m in spec.metrics]
+        vals = [pd.to_numeric(g[m], errors="coerce") * _scale(m, df) for m in spec.metrics]
         ax.bar(pos + i * width, [v.mean() for v in vals], width, yerr=[v.std() for v in vals], label=label,
                capsize=2)
-    ax.set_xticks(pos + width * (len(groups) - 1) / 2, [_pretty(m) for m in spec.metrics], rotation=15)
+    ax.set_xticks(pos + width * (len(groups) - 1) / 2, [_pretty(m, df) for m in spec.metrics], rotation=15)
 
 
 def _per_class(ax, df, spec, metric):
@@ -125,7 +135,7 @@ def _curves(ax, df, spec, metric):
         frame = pd.DataFrame(rows).dropna() if rows else pd.DataFrame()
         if frame.empty:
             continue
-        stats = frame.groupby("epoch")["y"].mean() * _scale(metric)
+        stats = frame.groupby("epoch")["y"].mean() * _scale(metric, df)
         ax.plot(stats.index, stats.values, label=label)
     ax.set_xlabel("epoch")
 
@@ -174,6 +184,7 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
         import hydra.utils
 
         runs = hydra.utils.get_method(spec.transform)(runs, spec)
+    runs.attrs["measures"] = df.attrs.get("measures", {})
     for k, v in spec.where.items():  # a list keeps rows whose value is any of its items
         if k in runs:
             allowed = {_canon(x) for x in (v if isinstance(v, (list, tuple)) else [v])}
@@ -185,7 +196,7 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
     for ax, metric in zip(axes[0], panels):
         KINDS[spec.kind](ax, runs, spec, metric)
         if metric is not None and spec.kind != "hist":
-            ax.set_ylabel(spec.ylabel or _pretty(metric))
+            ax.set_ylabel(spec.ylabel or _pretty(metric, runs))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title=spec.hue, title_fontsize=7)

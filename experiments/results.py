@@ -85,6 +85,33 @@ def git_commit() -> str:
     return (sha or "unknown") + ("-dirty" if dirty else "")
 
 
+ROOT = Path(__file__).resolve().parent.parent
+# What can change a result: the engine, the task packages and the config tree; not how results are shown.
+CODE_DIRS = ("experiments", "age_estimation", "image_classification", "average_k", "conf")
+PRESENTATION = ("experiments/tables.py", "experiments/plots.py", "experiments/reproduce.py", "experiments/bench.py",
+                "experiments/plan.py", "experiments/progress.py", "experiments/callbacks.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 (16 hex) over the path and bytes of every .py/.yaml file that can change a result (table,
+    figure and driver code excluded), read from the working tree, so uncommitted edits count."""
+    h = hashlib.sha256()
+    files = sorted(p for d in CODE_DIRS for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".yaml")
+                   and p.is_file() and "__pycache__" not in p.parts)
+    for path in files:
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in PRESENTATION:
+            continue
+        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def is_finished(record: dict | None) -> bool:
+    """A completed run made by the current code: skipped by `run` and the reproduce driver."""
+    return bool(record) and record.get("status") == "completed" and record.get("code_version") == code_version()
+
+
 def versions() -> dict[str, str]:
     """Package versions from their metadata (importing torchvision here would cost seconds per worker)."""
     import platform
@@ -121,15 +148,17 @@ def load_runs(results_dir: str | Path, experiment: str | None = None) -> pd.Data
     flattened to dotted columns (`loss.r`, `dataset.imbalance.ratio`, ...), and `data.*` sizes.
 
     Group choices (`dataset`, `model`, `loss`) are the config-group option names. Runs of every status are
-    returned; filter `status == "completed"` for tables.
+    returned; filter `status == "completed"` for tables. `df.attrs["measures"]` maps each reported metric name
+    (and its family, `avgk_acc` for `avgk_acc@3`) to its declared direction and unit.
     """
     root = Path(results_dir) / "runs"
     pattern = f"{experiment}/*.json" if experiment else "*/*.json"
-    rows = []
+    rows, measures = [], {}
     for path in sorted(root.glob(pattern)):
         rec = read_record(path)
         if rec is None:
             continue
+        measures.update(rec.get("metric_info") or {})
         row = {k: rec.get(k) for k in RECORD_COLUMNS}
         row.update({f"data.{k}": v for k, v in (rec.get("data") or {}).items() if not isinstance(v, list)})
         cfg = _flatten(rec.get("config") or {})
@@ -139,6 +168,6 @@ def load_runs(results_dir: str | Path, experiment: str | None = None) -> pd.Data
         row.update(rec.get("metrics") or {})
         row["path"] = str(path)
         rows.append(row)
-    if not rows:
-        return pd.DataFrame(columns=list(RECORD_COLUMNS) + ["path"])
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(RECORD_COLUMNS) + ["path"])
+    df.attrs["measures"] = measures
+    return df

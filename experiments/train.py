@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiments import results as store
 from experiments.config import build_components, validate
 from experiments.errors import RunFailed, UserError
+from experiments.metrics import describe
 from experiments.trainer import Trainer, seed_everything
 
 
@@ -43,7 +44,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, log=print) -> di
     results_dir = Path(cfg.results_dir)
     path = store.run_json_path(results_dir, cfg.experiment_name, run_id)
     previous = store.read_record(path)
-    if previous is not None and previous.get("status") == "completed":
+    if store.is_finished(previous):
         log(f"already done: {cfg.experiment_name}/{run_id} ({path})")
         previous["skipped"] = True
         return previous
@@ -56,7 +57,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, log=print) -> di
         "dataset": choices.get("dataset"), "model": choices.get("model"), "loss": choices.get("loss"),
         "seed": cfg.seed, "config": resolved, "choices": choices, "metrics": {}, "details": {},
         "history": [], "selected_epoch": None, "status": "running", "duration_s": None,
-        "git_commit": store.git_commit(), "versions": store.versions(), "device": None, "data": data.summary(),
+        "git_commit": store.git_commit(), "code_version": store.code_version(), "versions": store.versions(), "device": None, "data": data.summary(),
         "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     t0 = time.time()
@@ -78,6 +79,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, log=print) -> di
         log(f"interrupted after epoch {len(fit.history)} (trainer.interrupt_after); re-run to resume")
         return {**record, "status": "interrupted", "history": fit.history}
     record.update(status="completed", metrics=fit.metrics, details=fit.details, history=fit.history,
+                  metric_info=describe(metrics, fit.metrics), metric_notes=dict(metrics.notes),
                   selected_epoch=fit.selected_epoch, duration_s=round(time.time() - t0, 3),
                   finished_at=_dt.datetime.now().isoformat(timespec="seconds"))
     store.write_record(path, record)

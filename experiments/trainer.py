@@ -21,10 +21,8 @@ from torch import nn
 from experiments.data import Data, atomic_torch_save, make_loader
 from experiments.errors import RunFailed, UserError
 from experiments.losses.base import EngineLoss
-from experiments.metrics import EvalOutputs, Metric
+from experiments.metrics import EvalOutputs, Metric, measure_of
 from experiments.progress import Progress
-
-LOWER_IS_BETTER = ("loss", "mae", "mse", "error", "size", "severity")
 
 
 @dataclass
@@ -210,7 +208,7 @@ class Trainer:
             targets.append(batch.y.cpu())
         outputs = {k: torch.cat(v) for k, v in outs.items()}
         return EvalOutputs(outputs=outputs, scores=loss.scores(outputs), targets=torch.cat(targets),
-                           loss=total / max(n, 1))
+                           loss=total / max(n, 1), kinds=dict(loss.score_kinds), prediction=loss.predict(outputs))
 
     @staticmethod
     def compute_metrics(out: EvalOutputs, metrics: dict[str, Metric], meta, split: str,
@@ -225,14 +223,23 @@ class Trainer:
                     scalars[f"{split}/{k}"] = None if v is None or math.isnan(float(v)) else float(v)
         return scalars, details
 
-    def _better(self, value: float, best: float | None) -> bool:
+    def select_mode(self, metrics: dict[str, Metric]) -> str:
+        """`min`/`max` for the selection metric: as configured, or (auto) from the metric's declared direction."""
+        cfg = self.cfg
+        if cfg.select_mode != "auto" or cfg.select_metric == "last":
+            return "max" if cfg.select_mode == "auto" else cfg.select_mode
+        measure = measure_of(metrics, cfg.select_metric)
+        if measure is None or measure.higher_is_better is None:
+            raise UserError(f"trainer.select_metric={cfg.select_metric}: no metric of this run reports it with a "
+                            f"declared direction; pick another (e.g. val/accuracy) or set trainer.select_mode=min|max")
+        return "max" if measure.higher_is_better else "min"
+
+    @staticmethod
+    def _better(value: float, best: float | None, mode: str) -> bool:
         if best is None or (math.isnan(best) and not math.isnan(value)):
             return True
         if math.isnan(value):
             return False
-        mode = self.cfg.select_mode
-        if mode == "auto":
-            mode = "min" if any(t in self.cfg.select_metric for t in LOWER_IS_BETTER) else "max"
         return value < best if mode == "min" else value > best
 
     # ------------------------------------------------------------------ the loop
@@ -243,6 +250,7 @@ class Trainer:
             raise UserError(f"this dataset has no validation split, so trainer.select_metric="
                             f"{cfg.select_metric} cannot be computed; set trainer.select_metric=last or give "
                             f"the dataset a validation split (dataset.val_per_class / dataset.val_fraction)")
+        mode = self.select_mode(metrics)
         if cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
         seed_everything(self.seed, cfg.deterministic)
@@ -324,7 +332,7 @@ class Trainer:
                                 f"{', '.join(sorted(k for k in row if k.startswith('val/')))}")
             value = float(epoch) if cfg.select_metric == "last" else row[cfg.select_metric]
             value = float("nan") if value is None else value
-            if self._better(value, best["value"]):
+            if self._better(value, best["value"], mode):
                 best = {"epoch": epoch + 1, "value": value,
                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
                 bad_epochs = 0

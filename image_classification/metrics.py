@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.errors import UserError
-from experiments.metrics import EvalOutputs, Metric
+from experiments.metrics import HIGHER, EvalOutputs, Measure, Metric
 
 
 def tree_distance(superclass: torch.Tensor) -> torch.Tensor:
@@ -22,10 +21,11 @@ def tree_distance(superclass: torch.Tensor) -> torch.Tensor:
 
 
 class SuperclassMetrics(Metric):
+    requires = ("superclass",)
+    measures = {"superclass_accuracy": HIGHER, "failed_superclass_accuracy": HIGHER,
+                "mistake_severity": Measure(False, "score")}
+
     def __call__(self, out: EvalOutputs, meta, state=None):
-        if meta.superclass is None:
-            raise UserError("the superclass metrics need a dataset with superclasses; remove "
-                            "SuperclassMetrics from this dataset's metrics")
         sup = meta.superclass.long().cpu()
         pred, y = out.pred.cpu(), out.targets.cpu()
         wrong = pred != y

@@ -5,6 +5,7 @@ All builders return float64 C×C tensors with values in [0, 1] and ones on the d
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,6 +15,7 @@ import torch
 
 from experiments.data import Meta, atomic_torch_save, cache_key
 from experiments.errors import UserError
+from experiments.losses.simloss import SimLoss
 from image_classification.wordvectors import FORMATS, read_vectors
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,81 @@ def embedding_cosine(path: str | Path, queries: Sequence[str], class_names: Sequ
     return cosine, source
 
 
+# --------------------------------------------------------------------------- statistics of S
+STATS_LOWER_BOUNDS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
+
+
+def similarity_stats(similarity: torch.Tensor, superclass: torch.Tensor | Sequence[int],
+                     lower_bounds: Sequence[float] = STATS_LOWER_BOUNDS) -> dict[str, float]:
+    """Off-diagonal statistics of a cosine matrix S: mean, within/between-superclass mean and sd, share of
+    negative between pairs, and the mean row mass Σ_{c≠y} S'[y,c] of S' = lower_bound_rescale(S, l) per l."""
+    s = torch.as_tensor(similarity, dtype=torch.float64)
+    sup = torch.as_tensor(superclass).long()
+    k = len(s)
+    off = ~torch.eye(k, dtype=torch.bool)
+    within, between = s[(sup[:, None] == sup[None, :]) & off], s[sup[:, None] != sup[None, :]]
+    out = {"classes": float(k), "offdiag_mean": s[off].mean().item(),
+           "within_mean": within.mean().item(), "within_sd": within.std().item(),
+           "between_mean": between.mean().item(), "between_sd": between.std().item(),
+           "between_negative": (between < 0).double().mean().item()}
+    for lb in lower_bounds:
+        out[f"row_mass@{lb:g}"] = lower_bound_rescale(s, lb)[off].view(k, k - 1).sum(1).mean().item()
+    return out
+
+
+def format_stats(stats: dict[str, float]) -> str:
+    """The statistics as the lines printed under a SimLoss CIFAR table."""
+    masses = "  ".join(f"l={k.split('@')[1]}: {v:.2f}" for k, v in stats.items() if k.startswith("row_mass@"))
+    return (f"S off-diagonal mean {stats['offdiag_mean']:.3f}; within superclass {stats['within_mean']:.3f} ± "
+            f"{stats['within_sd']:.3f}; between {stats['between_mean']:.3f} ± {stats['between_sd']:.3f} "
+            f"({100 * stats['between_negative']:.1f} % negative)\n"
+            f"mean row mass Σ_(c≠y) S'[y,c] of {int(stats['classes'])} classes: {masses}")
+
+
+def stand_in_similarity(kind: str = "word2vec_like", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine matrix of the synthetic_cifar stand-in's class vectors and its superclasses (built in a temp dir)."""
+    import tempfile
+
+    from image_classification.synthetic import SyntheticCifar
+
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = SyntheticCifar(tmp, n_train_per_class=2, n_test_per_class=1, image_size=8, seed=seed,
+                              class_vectors=kind)().meta
+        cosine, _ = embedding_cosine(meta.extras["class_vectors_path"], meta.class_names, cache=False)
+    return cosine, meta.superclass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m image_classification.similarity stats [--stand-in KIND --seed N | --embeddings F --cifar D]`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m image_classification.similarity")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("stats", help="statistics of S (default: the synthetic_cifar stand-in's class vectors)")
+    st.add_argument("--stand-in", default="word2vec_like", choices=["word2vec_like", "prototypes"])
+    st.add_argument("--seed", type=int, default=0, help="the stand-in's dataset.seed")
+    st.add_argument("--embeddings", help="word-vector file: S of the CIFAR-100 (96-class) names instead")
+    st.add_argument("--cifar", help="folder holding cifar-100-python (superclasses for --embeddings)")
+    args = ap.parse_args(argv)
+    try:
+        if args.embeddings:
+            from image_classification.cifar import Cifar100
+
+            if not args.cifar:
+                raise UserError("--embeddings needs --cifar <folder with cifar-100-python> for the superclasses")
+            meta = Cifar100(args.cifar, classes=96)().meta
+            cosine, _ = embedding_cosine(args.embeddings, meta.extras["query_words"], meta.class_names)
+            sup, what = meta.superclass, f"CIFAR-100 (96 classes), {args.embeddings}"
+        else:
+            cosine, sup = stand_in_similarity(args.stand_in, args.seed)
+            what = f"synthetic_cifar stand-in, {args.stand_in} class vectors, seed {args.seed}"
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"S statistics ({what})\n{format_stats(similarity_stats(cosine, sup))}")
+    return 0
+
+
 # --------------------------------------------------------------------------- config-facing builder
 @dataclass
 class SimilaritySpec:
@@ -189,3 +266,29 @@ def build_similarity(spec: SimilaritySpec, meta: Meta) -> tuple[torch.Tensor, di
     queries = list(meta.extras.get("query_words") or meta.class_names)
     cosine, source = embedding_cosine(path, queries, meta.class_names, spec.embedding_format)
     return lower_bound_rescale(cosine, spec.lower_bound), {**source, "lower_bound": spec.lower_bound}
+
+
+class ConfiguredSimLoss(SimLoss):
+    """SimLoss whose matrix is built from the config when the dataset is known (`bind(meta)`).
+
+    similarity: ordinal | embedding | superclass | identity | null (= the dataset's `natural_similarity`).
+    r: ordinal factor, S[i,j] = r^|i−j|. lower_bound: l of the embedding rescaling max(0, (S−l)/(1−l)).
+    embeddings: word-vector file (word2vec bin/text, GloVe); null = the class vectors the dataset wrote
+    (`meta.extras["class_vectors_path"]`). superclass_sim: s for two classes of one superclass.
+    """
+
+    def __init__(self, similarity: str | None = None, r: float = 0.5, lower_bound: float = 0.0,
+                 embeddings: str | None = None, superclass_sim: float = 0.5, eps: float = 1e-8,
+                 impl: str = "logsumexp", embedding_format: str = "auto"):
+        super().__init__(None, eps=eps, impl=impl)
+        self.spec = SimilaritySpec(kind=similarity, r=r, lower_bound=lower_bound, embeddings=embeddings,
+                                   superclass_sim=superclass_sim, embedding_format=embedding_format)
+        self.source: dict[str, Any] = {}
+
+    def bind(self, meta: Meta) -> None:
+        s, self.source = build_similarity(self.spec, meta)
+        self.set_similarity(s, meta.num_classes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,6 +14,11 @@ from experiments.errors import UserError
 from experiments.metrics import EvalOutputs
 
 
+
+def fitted(metric, out, meta):
+    """The metric on `out` with its state fitted on the same outputs (stands in for the validation split)."""
+    return metric(out, meta, metric.fit(out, meta))
+
 def midpoint_rule(scores: np.ndarray, k: float) -> float:
     s = np.sort(scores.ravel())[::-1]
     m = int(math.floor(scores.shape[0] * k + 0.5))
@@ -114,12 +119,14 @@ def test_average_k_metric_fits_on_val_and_reuses_on_test():
 def test_metric_fractional_k_has_no_topk_and_checks_input():
     p = random_probs(20, 5)
     out = EvalOutputs(outputs={"logits": p}, scores={"probs": p}, targets=p.argmax(1))
-    res = AverageK(ks=[1.5])(out, meta_for(5))
+    res = fitted(AverageK(ks=[1.5]), out, meta_for(5))
     assert res["avgk_size@1.5"] == 1.5 and "topk_acc@1.5" not in res
     with pytest.raises(UserError):
         AverageK(ks=[])
     with pytest.raises(UserError):
-        AverageK(ks=[6])(out, meta_for(5))
+        fitted(AverageK(ks=[6]), out, meta_for(5))
+    with pytest.raises(UserError, match="validation"):
+        AverageK(ks=[1])(out, meta_for(5))   # no state: a threshold is never fitted on the split it scores
 
 
 # --------------------------------------------------------------------------- pseudo-labels
@@ -297,7 +304,7 @@ def test_aps_scores_and_size_calibration():
         t = size_calibrated_threshold(torch.from_numpy(s), k)
         assert (s <= t).sum(1).mean() == k
     out = EvalOutputs(outputs={"logits": p}, scores={"probs": p}, targets=p.argmax(1))
-    res = ConformalSets(ks=[2])(out, meta_for(6))
+    res = fitted(ConformalSets(ks=[2]), out, meta_for(6))
     assert res["aps_size@2"] == 2.0 and res["raps_size@2"] == 2.0
     assert res["aps_alpha@2"] == pytest.approx(1 - res["aps_acc@2"])
 
@@ -311,8 +318,10 @@ def test_aps_u_variants():
     u = torch.rand(20, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     np.testing.assert_allclose(aps_scores(p, u=u).numpy(), above + u.numpy() * pn, atol=1e-12)
     out = EvalOutputs(outputs={"logits": p}, scores={"probs": p}, targets=p.argmax(1))
-    res = ConformalSets(ks=[1], methods=["aps"])(out, meta_for(5))
+    res = fitted(ConformalSets(ks=[1], methods=["aps"]), out, meta_for(5))
     assert res["aps_size@1"] == 1.0 and res["aps_acc@1"] == 1.0   # u = 0, K = 1: every set is the top class
-    assert ConformalSets(ks=[2], aps_u="random")(out, meta_for(5))["aps_size@2"] == pytest.approx(2.0)
+    assert fitted(ConformalSets(ks=[2], aps_u="random"), out, meta_for(5))["aps_size@2"] == pytest.approx(2.0)
+    with pytest.raises(UserError, match="validation"):
+        ConformalSets(ks=[2])(out, meta_for(5))
     with pytest.raises(UserError):
         ConformalSets(aps_u=2)

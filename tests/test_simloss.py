@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from experiments.data import Meta
 from experiments.errors import UserError
 from experiments.losses import SimLoss
-from experiments.losses.simloss import ConfiguredSimLoss
+from image_classification.similarity import ConfiguredSimLoss
 
 
 def random_similarity(c, seed=0, zeros=True):

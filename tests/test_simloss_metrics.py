@@ -4,10 +4,9 @@ import math
 import pytest
 import torch
 
-from age_estimation.metrics import AgeMetrics
+from age_estimation.metrics import AgeMetrics, ExpectedAgeMetrics
 from experiments.data import Meta
-from experiments.errors import UserError
-from experiments.metrics import EvalOutputs
+from experiments.metrics import EvalOutputs, pairing
 from image_classification.metrics import SuperclassMetrics, tree_distance
 
 
@@ -26,7 +25,7 @@ def test_age_metrics():
     torch.manual_seed(0)
     logits = torch.randn(50, 12) * 3
     y = torch.randint(0, 12, (50,))
-    res = AgeMetrics()(outputs(logits, y), meta(12))
+    res = AgeMetrics()(outputs(logits, y), meta(12)) | ExpectedAgeMetrics()(outputs(logits, y), meta(12))
     pred = logits.argmax(1).tolist()
     probs = logits.double().softmax(1).tolist()
     errs = [p - t for p, t in zip(pred, y.tolist())]
@@ -40,9 +39,18 @@ def test_age_metrics():
 
 
 def test_age_metrics_all_correct():
-    res = AgeMetrics()(outputs(torch.eye(4) * 50, [0, 1, 2, 3]), meta(4))
+    out = outputs(torch.eye(4) * 50, [0, 1, 2, 3])
+    res = AgeMetrics()(out, meta(4)) | ExpectedAgeMetrics()(out, meta(4))
     assert res["mae"] == 0 and res["mse"] == 0 and math.isnan(res["mistake_severity"])
     assert res["mae_expected"] < 1e-6
+
+
+def test_expected_age_renormalises_independent_scores():
+    scores = torch.tensor([[0.9, 0.9, 0.0], [0.0, 0.5, 0.5]])
+    out = EvalOutputs(outputs={"logits": scores}, scores={"probs": scores}, targets=torch.tensor([0, 2]),
+                      kinds={"probs": "independent"})
+    res = ExpectedAgeMetrics()(out, meta(3))
+    assert res["mae_expected"] == pytest.approx((0.5 + 0.5) / 2)
 
 
 def test_superclass_metrics():
@@ -66,6 +74,6 @@ def test_superclass_metrics_edge_cases():
     res = SuperclassMetrics()(outputs(torch.eye(3) * 9, [0, 1, 2]), meta(3, [0, 0, 1]))
     assert res["superclass_accuracy"] == 1.0
     assert math.isnan(res["failed_superclass_accuracy"]) and math.isnan(res["mistake_severity"])
-    with pytest.raises(UserError, match="superclass"):
-        SuperclassMetrics()(outputs(torch.eye(3), [0, 1, 2]), meta(3))
+    refusal, _ = pairing(SuperclassMetrics(), {"probs": "distribution"}, meta(3))
+    assert "superclass" in refusal
     assert tree_distance(torch.tensor([0, 0, 1])).tolist() == [[0, 1, 2], [1, 0, 2], [2, 2, 0]]

@@ -7,7 +7,7 @@ import torch
 
 from experiments.data import Meta
 from experiments.errors import UserError
-from experiments.losses.simloss import ConfiguredSimLoss
+from image_classification.similarity import ConfiguredSimLoss
 from image_classification.cifar import OFFICIAL_QUERY_WORDS, SIMLOSS_DROPPED
 from image_classification.similarity import (embedding_cosine, lower_bound_rescale, ordinal_similarity,
                                              superclass_similarity)

@@ -4,9 +4,14 @@ Every loss is an `nn.Module` usable on its own as `loss(logits, target)`. Inside
 use the hooks below; the trainer calls only these, never a loss by name:
 
 - `bind(meta)`            once, before training: read class counts, similarity structure, etc.
-- `head`                  `linear` or `cosine` (normalised features and weights, as LDAM's NormedLinear).
+- `head`                  `linear` or `cosine` (normalised features and weights, as LDAM's NormedLinear), or a
+                          layer class `(in_features, out_features) -> nn.Module` the loss brings (CORAL's).
 - `extra_heads`           names of extra output heads the model must carry (each of size num_classes);
                           the model's forward returns a dict {"logits": ..., <head>: ...}.
+- `head_sizes(C)`         name → width of every output head; default "logits" and `extra_heads`, each C wide. A
+                          loss without a C-wide "logits" head (CORAL/CORN: K−1 "ordinal" logits) is read by the
+                          metrics through its primary score (`EvalOutputs.logits`).
+- `predict(outputs)`      the loss's own decision rule (labels, N); default None = argmax of the "logits" head.
 - `optimizer_names`       one optimizer per name is built from the same `optim` config ("main" first).
 - `needs_index`           informational: the loss reads `batch.index` (per-example state).
 - `param_groups()`        parameters the loss owns (e.g. ROLE's label table) with an optional lr multiplier.
@@ -16,7 +21,9 @@ use the hooks below; the trainer calls only these, never a loss by name:
 - `objective(outputs, batch)` the differentiable value for one forward pass; default `self(outputs["logits"], y)`.
 - `eval_objective(outputs, batch)` the loss reported on val/test; default `objective`. Losses with per-example
                           state indexed by training positions must override it (val/test indices differ).
-- `scores(outputs)`       per-class probabilities for set-valued metrics: {"probs": primary, ...}.
+- `scores(outputs)`       named per-class scores {"probs": primary, ...}; `score_kinds` declares each one's kind
+                          (`distribution`, `independent` or `logits`, see experiments.metrics) and the engine
+                          pairs metrics with the primary kind before a run starts.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ class EngineLoss(nn.Module):
     extra_heads: tuple[str, ...] = ()
     optimizer_names: tuple[str, ...] = ("main",)
     needs_index: bool = False
+    score_kinds: dict[str, str] = {"probs": "distribution"}
 
     def bind(self, meta: Meta) -> None:
         """Called once with the dataset's Meta before training."""
@@ -63,6 +71,12 @@ class EngineLoss(nn.Module):
 
     def scores(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"probs": outputs["logits"].float().softmax(dim=1)}
+
+    def head_sizes(self, num_classes: int) -> dict[str, int]:
+        return {name: num_classes for name in ("logits",) + tuple(self.extra_heads)}
+
+    def predict(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return None
 
 
 class CrossEntropy(EngineLoss):

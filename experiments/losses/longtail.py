@@ -21,7 +21,7 @@ from experiments.data import Meta
 from experiments.errors import UserError
 from experiments.losses.base import EngineLoss
 from experiments.losses.focal import FocalLoss, as_float, focal_terms  # noqa: F401 (FocalLoss re-exported)
-from experiments.metrics import Accuracy, ClassAccuracy, EvalOutputs, Metric
+from experiments.metrics import HIGHER, Accuracy, ClassAccuracy, EvalOutputs, Measure, Metric
 
 
 def class_balanced_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
@@ -201,6 +201,9 @@ class PostHocLogitAdjustment(Metric):
     Reports `la_accuracy`, `la_balanced_accuracy`, `la_{many,medium,few}_shot_accuracy` and `la_tau`.
     `taus` (optional list): τ is chosen by validation balanced accuracy in `fit` and reused on test.
     """
+
+    measures = {"la_tau": Measure(None, "score"), "la_accuracy": HIGHER, **{f"la_{k}": m for k, m in
+                                                                      ClassAccuracy.measures.items()}}
 
     def __init__(self, tau: float = 1.0, taus: Sequence[float] | None = None, many: int = 100, few: int = 20):
         self.tau = float(tau)

@@ -95,29 +95,3 @@ class SimLoss(EngineLoss):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes if self.similarity.numel() else None}, eps={self.eps}, impl={self.impl}"
-
-
-class ConfiguredSimLoss(SimLoss):
-    """SimLoss whose matrix is built from the config when the dataset is known (`bind(meta)`).
-
-    similarity: ordinal | embedding | superclass | identity | null (= the dataset's `natural_similarity`).
-    r: ordinal factor, S[i,j] = r^|i−j|. lower_bound: l of the embedding rescaling max(0, (S−l)/(1−l)).
-    embeddings: word-vector file (word2vec bin/text, GloVe); null = the class vectors the dataset wrote
-    (`meta.extras["class_vectors_path"]`). superclass_sim: s for two classes of one superclass.
-    """
-
-    def __init__(self, similarity: str | None = None, r: float = 0.5, lower_bound: float = 0.0,
-                 embeddings: str | None = None, superclass_sim: float = 0.5, eps: float = 1e-8,
-                 impl: str = "logsumexp", embedding_format: str = "auto"):
-        super().__init__(None, eps=eps, impl=impl)
-        from image_classification.similarity import SimilaritySpec
-
-        self.spec = SimilaritySpec(kind=similarity, r=r, lower_bound=lower_bound, embeddings=embeddings,
-                                   superclass_sim=superclass_sim, embedding_format=embedding_format)
-        self.source: dict[str, Any] = {}
-
-    def bind(self, meta: Meta) -> None:
-        from image_classification.similarity import build_similarity
-
-        s, self.source = build_similarity(self.spec, meta)
-        self.set_similarity(s, meta.num_classes)
