@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from experiments.stand_in import render, smooth_patterns
-from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_key, cached
+from experiments.stand_in import generator_sources, render, smooth_patterns
+from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_file, cache_key, cached
 from experiments.errors import UserError
 
 GENERATOR_VERSION = 1
@@ -97,7 +97,8 @@ class PlantNetLike:
 
     @property
     def cache_path(self) -> Path:
-        return self.root / f"plantnet_like_v{GENERATOR_VERSION}_{cache_key(**self.gen)}.pt"
+        return cache_file(self.root / f"plantnet_like_v{GENERATOR_VERSION}_{cache_key(**self.gen)}.pt",
+                          generator_sources(__file__))
 
     def __call__(self):
         raw = cached(self.cache_path, lambda: generate(**self.gen))

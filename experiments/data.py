@@ -172,13 +172,14 @@ def common_root(files: Sequence[str | os.PathLike]) -> Path:
 
 def file_signature(files: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
     """sha256 hex over (path relative to `root`, size, mtime_ns) of each file, in the order given."""
-    base = Path(root) if root is not None else common_root(files)
-    h = hashlib.sha256()
-    for f in files:
+    base = os.path.join(os.path.abspath(root if root is not None else common_root(files)), "")
+    lines = []
+    for f in map(os.path.abspath, files):
+        if not f.startswith(base):
+            raise ValueError(f"{f} is not below {base}")
         st = os.stat(f)
-        rel = Path(os.path.abspath(f)).relative_to(base.absolute()).as_posix()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+        lines.append(f"{f[len(base):].replace(os.sep, '/')}\0{st.st_size}\0{st.st_mtime_ns}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def data_fingerprint(data: "Data") -> str:
@@ -388,13 +389,14 @@ def _load(path: Path) -> Any:
 
 
 def _remove_stale(path: Path) -> None:
-    """Delete the other signatures of the cache `path` (same name and suffix, other sources); keep `.corrupt`."""
+    """Delete the caches of the same name under other source signatures, and files derived from them
+    (`<name>_src<hex>.*`); `.corrupt` files are kept."""
     mine = _SIGNED.match(path.stem)
     if mine is None:
         return
+    stale = re.compile(re.escape(mine["stem"]) + r"_src(?!" + path.stem[-12:] + r")[0-9a-f]{12}(\..*)?$")
     for other in path.parent.iterdir():
-        theirs = _SIGNED.match(other.stem)
-        if other != path and other.suffix == path.suffix and theirs and theirs["stem"] == mine["stem"]:
+        if stale.match(other.name) and not other.name.endswith(".corrupt"):
             other.unlink(missing_ok=True)
 
 

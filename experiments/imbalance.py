@@ -14,7 +14,7 @@ from experiments.errors import UserError
 
 
 _CHOICES = {"profile": ("exp", "step"), "order": ("label", "alphabetical"),
-            "select": ("seeded", "last_by_name"), "counts": ("ldam", "official")}
+            "select": ("seeded", "last_by_name"), "counts": ("ldam", "official"), "n_max": ("largest", "smallest")}
 
 
 @dataclass(init=False)
@@ -25,7 +25,10 @@ class Imbalance:
     keep the first n_i; independent of the training seed) or `last_by_name` (the last n_i file names in sorted
     order, the official CCE code's `os.remove` of the first files). `counts`: `ldam` (int(N_max·(1/ρ)^(i/(K−1))),
     step head = K//2) or `official` (the CCE code's numpy μ^i with μ = (1/ρ)^(1/(K−1)), step head = round(K/2)),
-    which differ by one image in some classes (CIFAR-100 ρ=100: 10,847 vs 10,846)."""
+    which differ by one image in some classes (CIFAR-100 ρ=100: 10,847 vs 10,846). `n_max`: the head count
+    N_max is the `largest` class of the pool (LDAM-DRW on a balanced pool; a head class smaller than that keeps
+    all it has) or the `smallest` non-empty class (every class then gets exactly its formula count; for pools
+    that are only roughly balanced, e.g. digits). On a balanced pool both are the same."""
 
     ratio: float = 1.0
     profile: str = "exp"
@@ -33,18 +36,19 @@ class Imbalance:
     select: str = "seeded"
     seed: int = 0
     counts: str = "ldam"
+    n_max: str = "largest"
 
     def __init__(self, ratio: float = 1.0, profile: str = "exp", order: str = "label", select: str = "seeded",
-                 seed: int = 0, counts: str = "ldam", **unknown):
+                 seed: int = 0, counts: str = "ldam", n_max: str = "largest", **unknown):
         if unknown:
             raise UserError(f"dataset.imbalance.{sorted(unknown)[0]} is not an option; use ratio, profile, order, "
-                            f"select, seed, counts")
+                            f"select, seed, counts, n_max")
         try:
             self.ratio = float(ratio)
             self.seed = int(seed)
         except (TypeError, ValueError):
             raise UserError(f"dataset.imbalance.ratio={ratio!r}, seed={seed!r}: need a number ≥ 1 and an integer")
-        self.profile, self.order, self.select, self.counts = profile, order, select, counts
+        self.profile, self.order, self.select, self.counts, self.n_max = profile, order, select, counts, n_max
         if not self.ratio >= 1:
             raise UserError(f"dataset.imbalance.ratio={ratio}: ρ = N_max/N_min must be ≥ 1 (1 = balanced)")
         for key, allowed in _CHOICES.items():
@@ -90,14 +94,16 @@ def select_indices(y: torch.Tensor, class_names: Sequence[str], spec: Imbalance,
                    names: Sequence[str] | None = None) -> torch.Tensor:
     """Sorted indices into `y` of the training images kept under `spec`.
 
-    N_max is the largest class of the pool handed in (after any validation hold-out). With `select=seeded`
+    N_max is the largest (or, with `n_max=smallest`, the smallest non-empty) class of the pool handed in (after
+    any validation hold-out). With `select=seeded`
     the subset is LDAM-DRW's: one RandomState(seed), classes visited in label order, `shuffle` of the class's
     indices (ascending), keep the first n_i — the same images LDAM keeps when the pool is CIFAR's file order.
     """
     k = len(class_names)
     y_np = y.cpu().numpy()
     per_class = [np.nonzero(y_np == c)[0] for c in range(k)]
-    n_max = max((len(i) for i in per_class), default=0)
+    sizes = [len(i) for i in per_class if len(i)]
+    n_max = (min if spec.n_max == "smallest" else max)(sizes, default=0)
     counts = counts_per_rank(n_max, k, spec.ratio, spec.profile, spec.counts)
     rank = class_ranks(class_names, spec.order)
     if spec.select == "last_by_name" and names is None:

@@ -1,9 +1,17 @@
 """Building blocks shared by the seeded synthetic stand-in datasets (image_classification, age_estimation,
-average_k): smooth random colour patterns, and per-image nuisance rendered to uint8."""
+average_k): smooth random colour patterns, per-image nuisance rendered to uint8, and the cache sources."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def generator_sources(module_file: str) -> tuple[Path, Path]:
+    """The files whose code determines a stand-in's images (its module and this one): the `sources` of its
+    cache, so editing either regenerates the data (experiments.data.cached)."""
+    return Path(module_file), Path(__file__)
 
 
 def smooth_patterns(rng: np.random.RandomState, n: int, size: int, grid: int) -> np.ndarray:
