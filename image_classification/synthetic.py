@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.stand_in import render, smooth_patterns
-from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_key, cached
+from experiments.stand_in import generator_sources, render, smooth_patterns
+from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_file, cache_key, cached
 from image_classification.wordvectors import write_word2vec_text
 
 GENERATOR_VERSION = 1
@@ -65,7 +65,8 @@ class SyntheticCifar:
 
     @property
     def cache_path(self) -> Path:
-        return self.root / f"synthetic_cifar_v{GENERATOR_VERSION}_{cache_key(**self.gen)}.pt"
+        return cache_file(self.root / f"synthetic_cifar_v{GENERATOR_VERSION}_{cache_key(**self.gen)}.pt",
+                          generator_sources(__file__))
 
     def class_vectors(self, class_names: list[str], prototypes: torch.Tensor) -> Path:
         """word2vec text file of the class prototypes (8×8-pooled), the stand-in for word embeddings."""
