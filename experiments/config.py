@@ -55,15 +55,17 @@ def _load_set(name: str) -> DictConfig:
 
 def metric_specs(cfg: DictConfig) -> dict[str, MetricSpec]:
     """The metrics of a run: the sets named by root `metric_sets` (explicit) or else the dataset's
-    `metric_sets` (defaults), then root `metrics` entries merged over them by name (explicit; `null` drops one)."""
+    `metric_sets` (defaults), plus `extra_metric_sets` (defaults), then root `metrics` entries merged over them
+    by name (explicit; `null` drops one)."""
     chosen = cfg.get("metric_sets")
     names = chosen if chosen is not None else (cfg.dataset.get("metric_sets") or ["classification"])
     if isinstance(names, str):
         names = [names]
+    extra = [n for n in (cfg.get("extra_metric_sets") or []) if n not in names]
     raw: dict[str, tuple[Any, bool, str]] = {}
-    for set_name in names:
+    for set_name, explicit in [(n, chosen is not None) for n in names] + [(n, False) for n in extra]:
         for key, node in _load_set(str(set_name)).items():
-            raw[str(key)] = (node, chosen is not None, str(set_name))
+            raw[str(key)] = (node, explicit, str(set_name))
     for key, node in (cfg.get("metrics") or {}).items():
         if node is None:
             raw.pop(str(key), None)

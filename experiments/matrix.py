@@ -1,0 +1,98 @@
+"""The cross-paper matrix (`experiment=matrix`): per-dataset tables are ordinary table specs filtered by `only`;
+the summary ranks every loss on every dataset by that dataset's headline metric (direction as the metric
+declares it) and averages the ranks. Pairs that could not run (status `refused`) show as "n/a — reason".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.data import atomic_write_bytes
+from experiments.tables import measure
+
+
+def only(runs: pd.DataFrame, spec) -> pd.DataFrame:
+    """Table transform: the runs whose columns equal `options.where` (e.g. one dataset)."""
+    keep = pd.Series(True, index=runs.index)
+    for key, value in (spec.options.get("where") or {}).items():
+        keep &= runs[key].astype(str) == str(value) if key in runs else False
+    return runs[keep]
+
+
+def rank_frame(df: pd.DataFrame, headline: dict[str, str], experiment: str) -> pd.DataFrame:
+    """Rows = losses, columns = datasets: the rank (1 = best, ties averaged) of the loss's mean headline metric
+    over completed seeds, or the refusal reason; plus `mean rank` over the datasets where the loss ran."""
+    runs = df[df["experiment_name"] == experiment]
+    ranks: dict[str, pd.Series] = {}
+    for dataset, metric in headline.items():
+        here = runs[runs["dataset"] == dataset]
+        done = here[here["status"] == "completed"]
+        if done.empty or metric not in done:
+            continue
+        means = pd.to_numeric(done[metric], errors="coerce").groupby(done["loss"]).mean().dropna()
+        higher = measure(df.attrs.get("measures", {}), metric).higher_is_better
+        col = means.rank(ascending=not higher, method="average").astype(object)
+        for loss, reason in refusals(here).items():
+            col.loc[loss] = f"n/a — {reason}"
+        ranks[dataset] = col
+    table = pd.DataFrame(ranks)
+    numeric = table.apply(lambda c: pd.to_numeric(c, errors="coerce"))
+    table["mean rank"] = numeric.mean(axis=1)
+    return table.sort_values("mean rank", na_position="last")
+
+
+def refusals(runs: pd.DataFrame) -> dict[str, str]:
+    refused = runs[(runs["status"] == "refused")] if "status" in runs else runs.iloc[:0]
+    done = set(runs.loc[runs["status"] == "completed", "loss"]) if len(runs) else set()
+    return {loss: short_reason(g["error"].iloc[0]) for loss, g in refused.groupby("loss") if loss not in done}
+
+
+def short_reason(error: Any, limit: int = 90) -> str:
+    text = str(error or "refused").split(": ", 1)[-1].strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.1f}"
+
+
+def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None = None) -> dict[str, Any]:
+    """Table renderer: the rank summary as md/tex/csv."""
+    headline = spec.options["headline"]
+    table = rank_frame(df, headline, spec.experiment)
+    out_dir = Path(out_dir)
+    atomic_write_bytes(out_dir / f"{spec.stem}.csv", table.to_csv(index_label="loss").encode())
+    lines = [f"# {spec.title or spec.stem}", ""]
+    if table.empty:
+        lines.append("No completed runs yet.")
+    else:
+        lines.append("| loss | " + " | ".join(table.columns) + " |")
+        lines.append("|" + "---|" * (len(table.columns) + 1))
+        lines += [f"| {loss} | " + " | ".join(_cell(v) for v in row) + " |" for loss, row in table.iterrows()]
+    lines += ["", "Rank 1 = best mean over seeds of: " + ", ".join(f"{d}: {m}" for d, m in headline.items())
+              + " (direction as each metric declares it; ties share the average rank). Mean rank over the datasets"
+              " where the loss ran."]
+    atomic_write_bytes(out_dir / f"{spec.stem}.md", ("\n".join(lines) + "\n").encode())
+    tex = table.map(_cell).to_latex(escape=True) if not table.empty else "% no completed runs\n"
+    atomic_write_bytes(out_dir / f"{spec.stem}.tex", tex.encode())
+    runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
+    return {"table": str(out_dir / f"{spec.stem}.md"), "runs": int((runs["status"] == "completed").sum()),
+            "failed": int((runs["status"] == "failed").sum())}
+
+
+def rank_heatmap(ax, df: pd.DataFrame, spec, headline: dict[str, str]) -> None:
+    """Figure: the rank of each loss (rows) per dataset (columns), best dark; refused pairs blank."""
+    table = rank_frame(df, headline, spec.experiment).drop(columns="mean rank")
+    values = table.apply(lambda c: pd.to_numeric(c, errors="coerce")).to_numpy(dtype=float)
+    image = ax.imshow(values, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(table.index)), table.index)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=7,
+                color="white" if not np.isnan(v) and v < np.nanmax(values) / 2 else "black")
+    ax.figure.colorbar(image, ax=ax, label="rank (1 = best)")
