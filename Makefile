@@ -27,8 +27,8 @@ test: install ## fast test suite (not marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest -q
 
-reproduce-table: install ## run sweeps, render tables+figures: PROFILE=smoke|default|paper EXP=name JOBS=n LAUNCHER=slurm
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+reproduce-table: install ## run sweeps, render tables+figures: PROFILE=smoke|default|paper EXP=name JOBS=n LAUNCHER=slurm; PLAN=1 [IMG_PER_S=x] only prints the plan
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S))
 
 tables: install ## re-render tables (and figures) from existing runs only
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))

@@ -7,6 +7,9 @@ Accepted layouts (first found wins): `<root>/images/{train,val,test}/<species_id
 present, names the classes. Transforms as the official code: Resize(resize) → RandomCrop(crop) for training,
 Resize(resize) → CenterCrop(crop) for evaluation, no flip; ImageNet statistics when `pretrained_stats`.
 `scale` < 1 keeps the first max(1, round(scale·n)) files of each species in each split (quick looks, smoke runs).
+`expect_version: v1.1` refuses, in one line, a root whose species count or split sizes (counted before `scale`)
+are not v1.1's (1,081 species; 243,916 / 31,118 / 31,112 images), naming the version found (v2.0 has 1,000
+species); null skips the check (small fixtures).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ SPLITS = ("train", "val", "test")
 IMAGE_EXT = (".jpg", ".jpeg", ".png")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 PLANTNET = ((0.4425, 0.4695, 0.3266), (0.2353, 0.2219, 0.2325))
+VERSIONS = {"v1.1": (1081, {"train": 243_916, "val": 31_118, "test": 31_112}), "v2.0": (1000, None)}
 
 
 def find_split_root(root: Path) -> Path:
@@ -43,6 +47,29 @@ def list_split(split_dir: Path) -> dict[str, list[str]]:
     return out
 
 
+def found_version(listed: dict[str, dict[str, list[str]]]) -> tuple[str | None, str]:
+    """(known version whose species count and split sizes match, description of what was found)."""
+    species = len(set().union(*(set(v) for v in listed.values())))
+    sizes = {s: sum(len(f) for f in listed[s].values()) for s in SPLITS}
+    seen = f"{species:,} species, train/val/test {sizes['train']:,} / {sizes['val']:,} / {sizes['test']:,}"
+    for name, (n, split_sizes) in VERSIONS.items():
+        if species == n and split_sizes in (None, sizes):
+            return name, seen
+    return None, seen
+
+
+def check_version(listed: dict[str, dict[str, list[str]]], expect: str | None, base: Path) -> None:
+    if expect is None:
+        return
+    found, seen = found_version(listed)
+    if found != expect:
+        n, sizes = VERSIONS[expect]
+        want = f"{n:,} species" + (", " + " / ".join(f"{v:,}" for v in sizes.values()) if sizes else "")
+        raise UserError(f"{base} holds Pl@ntNet-300K {found or 'of no known version'} ({seen}), not {expect} "
+                        f"({want}); unpack {expect} (Zenodo record 5645731, not 'latest') or set "
+                        f"dataset.expect_version=null")
+
+
 def _read_json(path: Path):
     with open(path) as f:
         return json.load(f)
@@ -50,7 +77,7 @@ def _read_json(path: Path):
 
 class PlantNet300K:
     def __init__(self, root: str, resize: int = 256, crop: int = 224, pretrained_stats: bool = True,
-                 scale: float = 1.0):
+                 scale: float = 1.0, expect_version: str | None = None):
         if not 0 < scale <= 1:
             raise UserError(f"dataset.scale={scale}: must be in (0, 1] (fraction of each species' images kept)")
         if crop > resize:
@@ -58,7 +85,11 @@ class PlantNet300K:
         self.root = Path(root)
         self.resize, self.crop = int(resize), int(crop)
         self.stats = IMAGENET if pretrained_stats else PLANTNET
+        if expect_version is not None and expect_version not in VERSIONS:
+            raise UserError(f"dataset.expect_version={expect_version!r}: choose {' or '.join(VERSIONS)} or null "
+                            f"(no check)")
         self.scale = float(scale)
+        self.expect_version = expect_version
 
     def transforms(self):
         from torchvision import transforms as T
@@ -78,6 +109,7 @@ class PlantNet300K:
     def __call__(self) -> Data:
         base = find_split_root(self.root)
         listed = {s: list_split(base / s) for s in SPLITS}
+        check_version(listed, self.expect_version, base)
         classes = self.class_order(listed)
         index = {name: i for i, name in enumerate(classes)}
         unknown = sorted(set().union(*(set(v) for v in listed.values())) - set(index))

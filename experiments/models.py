@@ -6,6 +6,7 @@ names a backbone factory; the engine passes `in_channels` and `image_size` from 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -27,16 +28,20 @@ class NormedLinear(nn.Module):
 
 
 HEADS = {"linear": nn.Linear, "cosine": NormedLinear}
+WEIGHTS = (None, "imagenet")
 
 
 class Network(nn.Module):
-    """`head`: `linear` (default) or `cosine` — chosen by the loss (`EngineLoss.head`), e.g. LDAM's."""
+    """`head`: `linear` (default), `cosine` or a layer class — chosen by the loss (`EngineLoss.head`), e.g. LDAM's.
+    `heads`: names (each `num_classes` wide) or name → width (`EngineLoss.head_sizes`)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, heads: tuple[str, ...] = ("logits",),
-                 head: str = "linear"):
+    def __init__(self, backbone: nn.Module, num_classes: int,
+                 heads: tuple[str, ...] | dict[str, int] = ("logits",), head: str | type = "linear"):
         super().__init__()
         self.backbone = backbone
-        self.heads = nn.ModuleDict({h: HEADS[head](backbone.out_features, num_classes) for h in heads})
+        layer = HEADS[head] if isinstance(head, str) else head
+        sizes = heads if isinstance(heads, dict) else {h: num_classes for h in heads}
+        self.heads = nn.ModuleDict({h: layer(backbone.out_features, n) for h, n in sizes.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.backbone(x)
@@ -141,17 +146,44 @@ def resnet34_cifar(in_channels: int = 3, image_size: int = 32) -> nn.Module:
     return CifarResNet([3, 4, 6, 3], [64, 128, 256, 512], in_channels, shortcut="B")
 
 
-def _torchvision(name: str, in_channels: int, weights_path: str | None) -> nn.Module:
+def imagenet_checkpoint(name: str) -> tuple[str, Path]:
+    """URL and torch-hub cache path of torchvision's IMAGENET1K_V1 weights of `name` (`pretrained=True`)."""
     import torchvision
 
+    url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _imagenet_state(name: str) -> dict:
+    url, path = imagenet_checkpoint(name)
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            prefix = torch.hub.HASH_REGEX.search(path.name)
+            torch.hub.download_url_to_file(url, str(path), prefix.group(1) if prefix else None, progress=False)
+        except Exception as e:
+            raise UserError(f"model.weights=imagenet: {path.name} is not cached and could not be downloaded "
+                            f"({type(e).__name__}); place {url} at {path}, or set model.weights_path to a "
+                            f"local copy") from None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _torchvision(name: str, in_channels: int, weights: str | None, weights_path: str | None) -> nn.Module:
+    import torchvision
+
+    if weights not in WEIGHTS:
+        raise UserError(f"model.weights={weights!r}: choose imagenet (torchvision's published weights) or null")
+    if weights and weights_path:
+        raise UserError(f"model.weights={weights} and model.weights_path={weights_path}: set only one of them")
     net = getattr(torchvision.models, name)(weights=None)
     if weights_path:
         p = Path(weights_path)
         if not p.exists():
-            raise UserError(f"model.weights_path={weights_path} does not exist; download the torchvision "
-                            f"ImageNet weights to that path or set model.weights_path=null")
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+            raise UserError(f"model.weights_path={weights_path} does not exist; put a {name} state_dict there, "
+                            f"use model.weights=imagenet or set model.weights_path=null")
+        net.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+    elif weights == "imagenet":
+        net.load_state_dict(_imagenet_state(name))
     if in_channels != 3:
         raise UserError(f"model={name} expects 3-channel images, the dataset gives {in_channels}")
     out = net.fc.in_features
@@ -160,11 +192,13 @@ def _torchvision(name: str, in_channels: int, weights_path: str | None) -> nn.Mo
     return net
 
 
-def resnet18(in_channels: int = 3, image_size: int = 224, weights_path: str | None = None) -> nn.Module:
-    """torchvision ResNet-18; ImageNet weights only from a local file (`model.weights_path`)."""
-    return _torchvision("resnet18", in_channels, weights_path)
+def resnet18(in_channels: int = 3, image_size: int = 224, weights: str | None = None,
+             weights_path: str | None = None) -> nn.Module:
+    """torchvision ResNet-18; `weights=imagenet` (torchvision's IMAGENET1K_V1) or a local state_dict file."""
+    return _torchvision("resnet18", in_channels, weights, weights_path)
 
 
-def resnet50(in_channels: int = 3, image_size: int = 224, weights_path: str | None = None) -> nn.Module:
-    """torchvision ResNet-50; ImageNet weights only from a local file (`model.weights_path`)."""
-    return _torchvision("resnet50", in_channels, weights_path)
+def resnet50(in_channels: int = 3, image_size: int = 224, weights: str | None = None,
+             weights_path: str | None = None) -> nn.Module:
+    """torchvision ResNet-50; `weights=imagenet` (torchvision's IMAGENET1K_V1) or a local state_dict file."""
+    return _torchvision("resnet50", in_channels, weights, weights_path)

@@ -153,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=str(ROOT / "results"))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--render-only", action="store_true", help="only re-render tables and figures")
+    ap.add_argument("--plan", action="store_true", help="print grids, runs, image-passes, files; train nothing")
+    ap.add_argument("--img-per-s", type=float, default=None, help="with --plan: images/s of one GPU → GPU-hours")
     args = ap.parse_args(argv)
+    if args.plan:
+        from experiments import plan
+        return plan.main(args.profile, [e for e in args.exp.split(",") if e], args.data_dir, args.img_per_s)
     t0 = time.time()
     results_dir = Path(args.results_dir).absolute()
     try:

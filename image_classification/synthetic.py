@@ -14,6 +14,7 @@ import torch
 
 from experiments.stand_in import generator_sources, render, smooth_patterns
 from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_file, cache_key, cached
+from experiments.errors import UserError
 from image_classification.wordvectors import write_word2vec_text
 
 GENERATOR_VERSION = 1
@@ -43,6 +44,31 @@ def generate(num_superclasses: int, classes_per_superclass: int, n_train_per_cla
             "superclass": torch.from_numpy(superclass), "prototypes": torch.from_numpy(protos)}
 
 
+VECTOR_KINDS = ("word2vec_like", "prototypes")
+
+
+def word2vec_like_vectors(superclass: np.ndarray, seed: int, dim: int = 100, shared: float = 0.11,
+                          group: float = 0.05, superclass_share: float = 0.30,
+                          loading: tuple[float, float] = (0.1, 1.9), groups: int = 4) -> np.ndarray:
+    """Class vectors whose cosines look like word2vec's for CIFAR-100 names (docs/simloss.md, "Stand-in S").
+
+    v_c = √shared·g + √group·G[group of its superclass] + √superclass_share·w_c·Z[superclass] + √rest·e_c, with
+    standard normal g, G, Z, e in `dim` dimensions, superclasses dealt round-robin into `groups` (animals /
+    objects / scenes-like blocks) and a per-class loading w_c ~ U(loading) on its superclass. Expected cosines
+    ≈ shared + group within a group of superclasses, + superclass_share inside a superclass; the finite `dim`
+    and the loadings give the spread (some between-superclass pairs negative).
+    """
+    rng = np.random.RandomState(seed)
+    sup = np.asarray(superclass)
+    nsup, k = int(sup.max()) + 1, len(sup)
+    block = rng.permutation(nsup) % groups
+    rest = 1.0 - shared - group - superclass_share
+    w = rng.uniform(*loading, size=k)[:, None]
+    g, blocks, supers, own = (rng.randn(n, dim) for n in (1, groups, nsup, k))
+    return (np.sqrt(shared) * g + np.sqrt(group) * blocks[block[sup]] + np.sqrt(superclass_share) * w * supers[sup]
+            + np.sqrt(rest) * own)
+
+
 class SyntheticCifar:
     """Build the stand-in; `scale` multiplies the per-class image counts (profiles shrink it)."""
 
@@ -50,9 +76,13 @@ class SyntheticCifar:
                  n_train_per_class: int = 60, n_test_per_class: int = 20, image_size: int = 32, seed: int = 0,
                  superclass_strength: float = 1.0, class_strength: float = 0.45, noise: float = 0.6,
                  max_shift: int = 2, scale: float = 1.0, val_fraction: float = 0.1, val_per_class: int = 0,
-                 split_seed: int = 0, imbalance: dict | None = None, crop_padding: int = 2, flip: bool = True):
+                 split_seed: int = 0, imbalance: dict | None = None, crop_padding: int = 2, flip: bool = True,
+                 class_vectors: str = "word2vec_like"):
         if scale <= 0:
             raise ValueError(f"scale={scale}: must be > 0")
+        if class_vectors not in VECTOR_KINDS:
+            raise UserError(f"dataset.class_vectors={class_vectors!r}: choose word2vec_like or prototypes")
+        self.vector_kind = class_vectors
         self.root = Path(root)
         self.gen = dict(num_superclasses=num_superclasses, classes_per_superclass=classes_per_superclass,
                         n_train_per_class=max(2, int(round(n_train_per_class * scale))),
@@ -68,12 +98,16 @@ class SyntheticCifar:
         return cache_file(self.root / f"synthetic_cifar_v{GENERATOR_VERSION}_{cache_key(**self.gen)}.pt",
                           generator_sources(__file__))
 
-    def class_vectors(self, class_names: list[str], prototypes: torch.Tensor) -> Path:
-        """word2vec text file of the class prototypes (8×8-pooled), the stand-in for word embeddings."""
-        path = self.cache_path.with_suffix(".vectors.txt")
+    def class_vectors(self, class_names: list[str], prototypes: torch.Tensor, superclass: torch.Tensor) -> Path:
+        """word2vec text file standing in for word embeddings: `word2vec_like` (seeded, calibrated profile) or
+        `prototypes` (the class prototypes 8×8-pooled: cosine ≈ 0.84 within a superclass, ≈ 0 across)."""
+        path = self.cache_path.with_suffix(f".{self.vector_kind}.vectors.txt")
         if not path.exists():
-            pooled = torch.nn.functional.adaptive_avg_pool2d(prototypes.float(), 8).flatten(1)
-            write_word2vec_text(path, class_names, pooled.numpy())
+            if self.vector_kind == "prototypes":
+                vecs = torch.nn.functional.adaptive_avg_pool2d(prototypes.float(), 8).flatten(1).numpy()
+            else:
+                vecs = word2vec_like_vectors(superclass.numpy(), self.gen["seed"])
+            write_word2vec_text(path, class_names, vecs)
         return path
 
     def __call__(self):
@@ -81,7 +115,7 @@ class SyntheticCifar:
         k = len(raw["superclass"])
         nsup = self.gen["num_superclasses"]
         class_names = [f"class_{c:03d}" for c in range(k)]
-        vectors = self.class_vectors(class_names, raw["prototypes"])
+        vectors = self.class_vectors(class_names, raw["prototypes"], raw["superclass"])
         meta = Meta(num_classes=k, class_names=class_names,
                     class_counts=torch.zeros(k, dtype=torch.long), channels=3, image_size=self.gen["image_size"],
                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), superclass=raw["superclass"].long(),

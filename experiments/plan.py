@@ -1,0 +1,231 @@
+"""`make reproduce-table PROFILE=paper PLAN=1`: what a profile would run, without training anything.
+
+    python -m experiments.plan [--profile paper] [--exp name,...] [--data-dir DIR] [--img-per-s RATE]
+
+Per experiment (and the tables it fills): every sweep's grid and run count, the maximum epochs, the image-passes
+(images a run touches: (train + val) × epochs + test, from the known dataset sizes below; early stopping can end
+a run sooner), the data and weight files it needs, present or MISSING, and with `--img-per-s` the GPU-hours
+(image-passes / rate). Nothing is downloaded or decoded, so it runs in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiments.errors import UserError
+
+# Images per split of the full datasets (source in the last field). Fractions/hold-outs are applied per config.
+TOTAL_IMAGES = {
+    "utkface": (23_708, "UTKFace aligned & cropped: 23,708 images (ages 1–116; ages > 90 are dropped, a few hundred)"),
+    "afad": (165_501, "AFAD-Full: 165,501 images, ages 15–72"),
+}
+FIXED_SPLITS = {
+    "plantnet300k": ((243_916, 31_118, 31_112), "Pl@ntNet-300K v1.1 train / val / test"),
+    "cifar100_noisy": ((45_000, 5_000, 10_000), "CIFAR-100 45k / 5k split (seed 1234) and the 10k test set"),
+    "road_marking": ((1_120, 140, 140), "≈1,400 Road Marking annotations 80/10/10 before 17 classes are dropped "
+                                        "(upper bound; the kept count is unknown)"),
+}
+CIFAR_POOL = {"cifar10": (50_000, 10_000, 10), "cifar100": (50_000, 10_000, 100)}
+PLAN_PREFIXES = ("dataset", "model", "trainer")
+
+
+def sweep_values(value: str) -> list[str]:
+    """Hydra sweep values: split on commas outside brackets and quotes (`[151,226]` is one value)."""
+    out, depth, quote, cur = [], 0, "", ""
+    for ch in str(value):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return out + [cur]
+
+
+def _cifar_splits(name: str, ds) -> tuple[tuple[int, int, int], str]:
+    pool, test, k = CIFAR_POOL[name]
+    if name == "cifar100" and ds.get("classes", 100) == 96:
+        pool, test, k = 48_000, 9_600, 96
+    val = ds.get("val_per_class", 0) * k or int(round(ds.get("val_fraction", 0.0) * pool))
+    train = pool - val
+    imb = ds.get("imbalance") or {}
+    if imb.get("ratio", 1) != 1:
+        from experiments.imbalance import counts_per_rank
+
+        train = sum(counts_per_rank(train // k, k, float(imb["ratio"]), imb.get("profile", "exp"),
+                                    imb.get("counts", "ldam")))
+    return (train, val, test), f"{name}: {pool:,} training images ({val:,} held out for validation, before any imbalance), {test:,} test"
+
+
+def split_sizes(choice: str, ds) -> tuple[tuple[int, int, int] | None, str]:
+    """(train, val, test) images of a dataset config, and where the numbers come from."""
+    scale = float(ds.get("scale", 1.0) or 1.0)
+    if choice in CIFAR_POOL:
+        sizes, source = _cifar_splits(choice, ds)
+    elif choice in TOTAL_IMAGES:
+        total, source = TOTAL_IMAGES[choice]
+        a, b = ds.get("fractions", (0.6, 0.2, 0.2))[:2]
+        cut1, cut2 = int(a * total), int((a + b) * total)
+        sizes = (cut1, cut2 - cut1, total - cut2)
+    elif choice in FIXED_SPLITS:
+        sizes, source = FIXED_SPLITS[choice]
+    else:
+        return None, f"{choice}: size unknown to the plan"
+    return tuple(int(math.ceil(n * scale)) for n in sizes), source
+
+
+def weight_files(model) -> dict[Path, str]:
+    """Files a model config loads (torchvision's cached ImageNet checkpoint, `weights_path`) and where from."""
+    files = {}
+    if model.get("weights") == "imagenet":
+        from experiments.models import imagenet_checkpoint
+
+        url, path = imagenet_checkpoint(str(model._target_).rsplit(".", 1)[1])
+        files[path] = f"model.weights=imagenet; torchvision fetches {url} there when online"
+    if model.get("weights_path"):
+        files[Path(str(model.weights_path))] = "model.weights_path"
+    return files
+
+
+@dataclass
+class Part:
+    """One group of runs sharing dataset, model and schedule."""
+
+    label: str
+    runs: int
+    epochs: int
+    sizes: tuple[int, int, int] | None
+    source: str
+    weights: dict[Path, str] = field(default_factory=dict)
+
+    @property
+    def passes(self) -> float:
+        if self.sizes is None:
+            return math.nan
+        train, val, test = self.sizes
+        return self.runs * ((train + val) * self.epochs + test)
+
+
+def sweep_parts(exp, sweep: dict[str, str], profile: str, data_dir: str | None, cache: dict) -> list[Part]:
+    """Runs of one sweep, grouped by the overrides that change data, model or schedule."""
+    from experiments.train import compose_config
+
+    grid = {k: sweep_values(v) for k, v in sweep.items() if k != "seed"}
+    seeds = len(sweep_values(sweep.get("seed", exp.seeds)))
+    relevant = [k for k in grid if k.lstrip("~+").split(".")[0] in PLAN_PREFIXES]
+    per_group = seeds * math.prod(len(v) for k, v in grid.items() if k not in relevant)
+    parts = []
+    for combo in itertools.product(*(grid[k] for k in relevant)):
+        overrides = tuple(f"{k}={v}" for k, v in zip(relevant, combo))
+        if overrides not in cache:
+            base = [f"experiment={exp.name}", f"profile={profile}"] + ([f"data_dir={data_dir}"] if data_dir else [])
+            cache[overrides] = compose_config(base + list(overrides))
+        cfg, choices = cache[overrides]
+        sizes, source = split_sizes(choices["dataset"], cfg.dataset)
+        label = ", ".join(f"{k.split('.')[-1] if k != 'dataset' else ''}{'=' if k != 'dataset' else ''}{v}"
+                          for k, v in zip(relevant, combo) if not k.startswith("~")) or choices["dataset"]
+        parts.append(Part(label, per_group, int(cfg.trainer.epochs), sizes, source, weight_files(cfg.model)))
+    return parts
+
+
+def _grid_line(sweep: dict[str, str], seeds: str) -> str:
+    shown = {k: sweep_values(v) for k, v in sweep.items() if not k.startswith("~")}
+    shown.setdefault("seed", sweep_values(seeds))
+    return " × ".join(f"{k} ∈ {{{', '.join(v)}}}" if len(v) > 1 else f"{k}={v[0]}" for k, v in shown.items())
+
+
+def _files(exp, parts: list[Part]) -> list[tuple[Path, str, bool]]:
+    """(path, what/where from, present) for every data and weight file of an experiment."""
+    out = {}
+    for spec in exp.tables:
+        for item in spec.requires_data:
+            path, _, source = item.partition(" ")
+            out[exp.data_dir / path] = source or "dataset"
+    for part in parts:
+        out.update(part.weights)
+    return [(p, src, p.exists()) for p, src in out.items()]
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def plan_experiment(exp, profile: str, data_dir: str | None, rate: float | None, out) -> tuple[int, float, list]:
+    cache: dict = {}
+    tables = ", ".join(s.name for s in exp.tables)
+    out("")
+    out(f"{exp.name} (tables: {tables}) — {exp.tables[0].title if exp.tables else ''}")
+    parts_all = []
+    for i, sweep in enumerate(exp.sweeps or [{}], 1):
+        parts = sweep_parts(exp, sweep, profile, data_dir, cache)
+        parts_all += parts
+        out(f"  sweep {i}: {_grid_line(sweep, exp.seeds)} = {sum(p.runs for p in parts)} runs")
+        for p in parts:
+            size = "size unknown" if p.sizes is None else "train/val/test " + " / ".join(f"{n:,}" for n in p.sizes)
+            out(f"    {p.label}: {p.runs} runs × ≤ {p.epochs} epochs, {size} → {_fmt(p.passes)} image-passes")
+    runs, passes = sum(p.runs for p in parts_all), sum(p.passes for p in parts_all)
+    hours = f", {passes / rate / 3600:,.1f} GPU-hours at {rate:g} images/s" if rate else ""
+    out(f"  total: {runs} runs, {_fmt(passes)} image-passes{hours}")
+    for src in dict.fromkeys(p.source for p in parts_all):
+        out(f"  sizes: {src}")
+    files = _files(exp, parts_all)
+    for path, src, present in files:
+        out(f"  {'present' if present else 'MISSING'}: {path} ({src})")
+    return runs, passes, [(path, src) for path, src, present in files if not present]
+
+
+def main(profile: str = "paper", exps: list[str] | None = None, data_dir: str | None = None,
+         img_per_s: float | None = None, out=print) -> int:
+    """Print the plan of a profile: 0, or 2 after one `error:` line for bad input (missing files are listed)."""
+    try:
+        return _plan(profile, exps, data_dir, img_per_s, out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _plan(profile: str, exps: list[str] | None, data_dir: str | None, img_per_s: float | None, out) -> int:
+    from experiments.reproduce import discover
+
+    if img_per_s is not None and img_per_s <= 0:
+        raise UserError(f"IMG_PER_S={img_per_s}: give the measured images per second of one GPU (> 0)")
+    out(f"PLAN PROFILE={profile}: nothing is trained; epochs are maxima (early stopping may end runs sooner); "
+        f"image-passes = runs × ((train + val) × epochs + test)")
+    total_runs, total_passes, missing = 0, 0.0, []
+    for exp in discover(profile, exps or None, data_dir):
+        runs, passes, miss = plan_experiment(exp, profile, data_dir, img_per_s, out)
+        total_runs, total_passes, missing = total_runs + runs, total_passes + passes, missing + miss
+    hours = f", {total_passes / img_per_s / 3600:,.1f} GPU-hours" if img_per_s else " (IMG_PER_S=<rate> adds GPU-hours)"
+    out("")
+    out(f"ALL: {total_runs} runs, {_fmt(total_passes)} image-passes{hours}")
+    for path, src in dict.fromkeys(missing):
+        out(f"  MISSING {path} ({src})")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="paper", choices=["smoke", "default", "paper"])
+    ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--img-per-s", type=float, default=None, help="images per second of one GPU, for GPU-hours")
+    args = ap.parse_args(argv)
+    return main(args.profile, [e for e in args.exp.split(",") if e], args.data_dir, args.img_per_s)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,61 @@
+"""`make reproduce-table PROFILE=paper PLAN=1`: grids, run counts, image-passes, files and GPU-hours, no training."""
+import time
+
+import pytest
+
+from experiments import plan, reproduce
+
+DATASETS = ["UTKFace", "AFAD-Full", "cifar/cifar-10-batches-py", "cifar/cifar-100-python", "road_marking",
+            "plantnet300k", "word2vec/GoogleNews-vectors-negative300.bin"]
+
+
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    (data / "UTKFace").mkdir()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch")))
+    lines: list[str] = []
+    t0 = time.time()
+    rc = plan.main("paper", None, str(data), 2000.0, out=lines.append)
+    elapsed = time.time() - t0
+    mp.undo()
+    return data, rc, lines, elapsed
+
+
+def test_plan_names_every_missing_file_and_runs_in_seconds(paper_plan):
+    data, rc, lines, elapsed = paper_plan
+    assert rc == 0 and elapsed < 60
+    text = "\n".join(lines)
+    assert f"present: {data / 'UTKFace'}" in text
+    for rel in DATASETS[1:]:
+        assert f"MISSING {data / rel} (" in text
+    assert "MISSING " in text and "resnet18-f37072fd.pth (model.weights=imagenet" in text
+
+
+def test_plan_counts_runs_and_image_passes(paper_plan):
+    _, _, lines, _ = paper_plan
+    text = "\n".join(lines)
+    # UTKFace: int(0.6·23,708) = 14,224 train, 4,742 val, 4,742 test; 10 r × 10 seeds; ≤ 200 epochs.
+    passes = 100 * ((14_224 + 4_742) * 200 + 4_742)
+    assert f"utkface: 100 runs × ≤ 200 epochs, train/val/test 14,224 / 4,742 / 4,742 → {passes / 1e6:.2f} M" in text
+    assert "= 200 runs" in text and "loss.r ∈ {0.0, 0.1" in text
+    assert "schedule.milestones=[151,226]" in text
+    totals = [ln for ln in lines if ln.startswith("  total: ")]
+    assert len(totals) == 4 and all("GPU-hours at 2000 images/s" in ln for ln in totals)
+    assert any(ln.startswith("ALL: ") and ln.endswith("GPU-hours") for ln in lines)
+
+
+def test_sweep_values_keep_lists_whole():
+    assert plan.sweep_values("1,[151,226],'a,b'") == ["1", "[151,226]", "'a,b'"]
+    assert plan.sweep_values("ce") == ["ce"]
+
+
+def test_reproduce_plan_flag_trains_nothing(tmp_path, capsys):
+    rc = reproduce.main(["--profile", "paper", "--plan", "--exp", "simloss_age_paper", "--img-per-s", "500",
+                         "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "PLAN PROFILE=paper" in out and "GPU-hours" in out
+    assert not (tmp_path / "results").exists()
+    assert reproduce.main(["--profile", "paper", "--plan", "--img-per-s", "0"]) == 2
+    assert "IMG_PER_S=0.0" in capsys.readouterr().err
