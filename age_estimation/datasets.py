@@ -127,7 +127,7 @@ class _AgeFolder:
     def __init__(self, root: str, cache_dir: str | None = None, image_size: int = 60, min_age: int = 1,
                  max_age: int = 90, split_seed: int = 42, fractions: Sequence[float] = (0.6, 0.2, 0.2),
                  mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 labels: str = "age", listing: str = "strict"):
+                 labels: str = "age", listing: str = "strict", imbalance: dict | None = None):
         if labels not in LABELS:
             raise UserError(f"dataset.labels={labels!r}: choose age (index = age − min_age) or official_rank "
                             f"(the official ImageFolder's rank of the age folder)")
@@ -143,6 +143,7 @@ class _AgeFolder:
         self.split_seed, self.fractions = split_seed, tuple(fractions)
         self.mean, self.std = tuple(mean), tuple(std)
         self.labels, self.listing_rule = labels, listing
+        self.imbalance = dict(imbalance) if imbalance else None
 
     def listing(self) -> Listing:
         raise NotImplementedError
@@ -167,10 +168,9 @@ class _AgeFolder:
         if not lst.files:
             raise UserError(f"no usable {self.name} images under {self.root}; check dataset.root and the layout")
         rel = [str(f.relative_to(self.root)) for f in lst.files]
-        key = cache_key(files=rel, sizes=[f.stat().st_size for f in lst.files], size=self.image_size,
-                        v=DECODER_VERSION)
+        key = cache_key(files=rel, size=self.image_size, v=DECODER_VERSION)
         x = cached(self.cache_dir / f"{self.name}_{self.image_size}px_{key}.pt",
-                   lambda: decode_images(lst.files, self.image_size))
+                   lambda: decode_images(lst.files, self.image_size), sources=lst.files, root=self.root)
         y = torch.tensor(lst.labels(self.labels, self.lo), dtype=torch.long)
         train_i, val_i, test_i = (torch.from_numpy(i) for i in seeded_split(len(y), self.fractions, self.split_seed))
         pool = TensorSplit(x, y, rel)
@@ -179,7 +179,8 @@ class _AgeFolder:
                     class_counts=torch.zeros(k, dtype=torch.long), channels=3, image_size=self.image_size,
                     mean=self.mean, std=self.std, natural_similarity="ordinal", ordered=True,
                     extras={"min_age": self.lo, "files": c, "labels": self.labels})
-        return assemble(pool.subset(train_i), pool.subset(test_i), meta, val=pool.subset(val_i))
+        return assemble(pool.subset(train_i), pool.subset(test_i), meta, val=pool.subset(val_i),
+                        imbalance=self.imbalance)
 
 
 class UTKFace(_AgeFolder):

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from experiments.data import Data, TensorSplit, class_counts
+from experiments.data import Data, TensorSplit, class_counts, with_imbalance
 from experiments.errors import UserError
 from image_classification.cifar import Cifar100
 
@@ -40,7 +40,7 @@ class Cifar100Noisy:
     def __init__(self, root: str, noise: float = 0.2, block: int = 5, val_fraction: float = 0.1,
                  split_seed: int = 1234, noise_seed: int = 0, crop_padding: int = 4, flip: bool = True,
                  download: bool = False, mean: Sequence[float] = NOISED_TOPK_MEAN,
-                 std: Sequence[float] = NOISED_TOPK_STD, scale: float = 1.0):
+                 std: Sequence[float] = NOISED_TOPK_STD, scale: float = 1.0, imbalance: dict | None = None):
         if not 0 <= noise <= 1:
             raise UserError(f"dataset.noise={noise}: the label-noise probability must be in [0, 1]")
         if not 0 < scale <= 1:
@@ -51,6 +51,7 @@ class Cifar100Noisy:
             raise UserError(f"dataset.val_fraction={val_fraction}: must be in (0, 1) (noised-topk: 0.1 = 5k of 50k)")
         self.noise, self.block, self.val_fraction = float(noise), int(block), float(val_fraction)
         self.split_seed, self.noise_seed, self.scale = int(split_seed), int(noise_seed), float(scale)
+        self.imbalance = dict(imbalance) if imbalance else None
         self.reader = Cifar100(root, classes=100, val_fraction=0.0, split_seed=0, crop_padding=crop_padding,
                                flip=flip, download=download, mean=mean, std=std)
 
@@ -74,4 +75,5 @@ class Cifar100Noisy:
         test = data.test
         if self.scale < 1:
             test = test.subset(torch.arange(max(1, round(len(test) * self.scale))))
-        return Data(train=train, val=val, test=test, meta=meta, augment=data.augment)
+        return with_imbalance(Data(train=train, val=val, test=test, meta=meta, augment=data.augment),
+                              self.imbalance)

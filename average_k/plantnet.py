@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.data import Data, FolderSplit, Meta, class_counts
+from experiments.data import Data, FolderSplit, Meta, class_counts, with_imbalance
 from experiments.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -77,12 +77,13 @@ def _read_json(path: Path):
 
 class PlantNet300K:
     def __init__(self, root: str, resize: int = 256, crop: int = 224, pretrained_stats: bool = True,
-                 scale: float = 1.0, expect_version: str | None = None):
+                 scale: float = 1.0, expect_version: str | None = None, imbalance: dict | None = None):
         if not 0 < scale <= 1:
             raise UserError(f"dataset.scale={scale}: must be in (0, 1] (fraction of each species' images kept)")
         if crop > resize:
             raise UserError(f"dataset.crop={crop} > dataset.resize={resize}; crop must fit in the resized image")
         self.root = Path(root)
+        self.imbalance = dict(imbalance) if imbalance else None
         self.resize, self.crop = int(resize), int(crop)
         self.stats = IMAGENET if pretrained_stats else PLANTNET
         if expect_version is not None and expect_version not in VERSIONS:
@@ -133,4 +134,5 @@ class PlantNet300K:
         meta = Meta(num_classes=len(classes), class_names=[str(id2name.get(c, c)) for c in classes],
                     class_counts=class_counts(splits["train"].y, len(classes)), channels=3, image_size=self.crop,
                     mean=self.stats[0], std=self.stats[1], extras={"species_ids": classes, "root": str(base)})
-        return Data(train=splits["train"], val=splits["val"], test=splits["test"], meta=meta, augment=None)
+        return with_imbalance(Data(train=splits["train"], val=splits["val"], test=splits["test"], meta=meta,
+                                   augment=None), self.imbalance)

@@ -40,6 +40,8 @@ def long_table(runs: pd.DataFrame, ks: Sequence[float]) -> pd.DataFrame:
     rows = []
     for _, r in runs.iterrows():
         method = METHOD_NAMES.get(r.get("loss"), r.get("loss"))
+        if r.get("loss.pl_budget") == "within":   # the two-head pseudo-label budget variant is its own method
+            method = f"{method}_within"
         loss_k = _num(r.get("loss.k"))
         for k in ks:
             if not math.isnan(loss_k) and abs(loss_k - float(k)) > 1e-9:
