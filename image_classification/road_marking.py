@@ -161,8 +161,7 @@ class RoadMarking:
             if not listing[s][0]:
                 raise UserError(f"{self.root}/{s} holds no images of the classes in train/")
         key = cache_key(size=self.image_size, classes=classes,
-                        files={s: [(str(f.relative_to(self.root)), f.stat().st_size) for f in listing[s][0]]
-                               for s in SPLITS})
+                        files={s: [str(f.relative_to(self.root)) for f in listing[s][0]] for s in SPLITS})
 
         def build():
             return {"classes": classes, **{s: {"x": _decode(listing[s][0], self.image_size),
@@ -170,7 +169,8 @@ class RoadMarking:
                                                "names": [f"{f.parent.name}/{f.name}" for f in listing[s][0]]}
                                            for s in SPLITS}}
 
-        return cached(self.root / ".cache" / f"road_marking_{key}.pt", build)
+        return cached(self.root / ".cache" / f"road_marking_{key}.pt", build,
+                      sources=[f for s in SPLITS for f in listing[s][0]], root=self.root)
 
     def __call__(self):
         raw = self._load()

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from experiments.data import Meta, atomic_torch_save, cache_key
+from experiments.data import Meta, cache_key, cached
 from experiments.errors import UserError
 from experiments.losses.simloss import SimLoss
 from image_classification.wordvectors import FORMATS, read_vectors
@@ -21,6 +21,7 @@ from image_classification.wordvectors import FORMATS, read_vectors
 log = logging.getLogger(__name__)
 
 KINDS = ("ordinal", "embedding", "superclass", "identity")
+MATRIX_FILES = (".npy", ".csv")   # loss.similarity=<path>: a ready-made C×C matrix
 
 
 def identity_similarity(num_classes: int) -> torch.Tensor:
@@ -72,6 +73,14 @@ def _candidates(query: str, class_name: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _official_hint(class_name: str, query: str) -> str:
+    """The query word the official SimLoss code used for a CIFAR-100 class, when it differs from `query`."""
+    from image_classification.cifar import OFFICIAL_QUERY_WORDS
+
+    official = OFFICIAL_QUERY_WORDS.get(class_name, class_name)
+    return f"; the official SimLoss code queries {official!r}" if official != query else ""
+
+
 def _parts(name: str) -> list[str]:
     return [p for p in name.replace("_", " ").split(" ") if p]
 
@@ -99,7 +108,7 @@ def class_vectors(path: str | Path, queries: Sequence[str], class_names: Sequenc
             vecs.append(np.mean([found[p] for p in parts], axis=0))
             keys.append("+".join(parts))
             continue
-        missing.append(f"{n} (query {q!r})")
+        missing.append(f"{n} (tried {' / '.join(repr(c) for c in _candidates(q, n))}{_official_hint(n, q)})")
     if missing:
         raise UserError(f"word-vector file {path} has no vector for {len(missing)} class(es): "
                         f"{', '.join(missing)}; use a file that covers them (CIFAR-100 with word2vec: "
@@ -121,21 +130,23 @@ def embedding_cosine(path: str | Path, queries: Sequence[str], class_names: Sequ
     st = path.stat()
     key = cache_key(queries=list(queries), names=class_names, size=st.st_size, mtime=st.st_mtime_ns, fmt=fmt)
     cache_path = path.with_name(f"{path.name}.simloss_cosine_{key}.pt")
-    if cache and cache_path.exists():
-        stored = torch.load(cache_path, weights_only=False)
-        return stored["cosine"], stored["source"]
-    vectors, keys = class_vectors(path, queries, class_names, fmt)
-    cosine = cosine_similarity_matrix(vectors)
-    source = {"kind": "embedding", "file": str(path.resolve()), "file_size": st.st_size,
-              "file_mtime_ns": st.st_mtime_ns, "format": fmt, "class_names": class_names,
-              "queries": list(queries), "keys": keys, "cache": str(cache_path)}
-    if cache:
+
+    def compute() -> dict[str, Any]:
+        vectors, keys = class_vectors(path, queries, class_names, fmt)
+        source = {"kind": "embedding", "file": str(path.resolve()), "file_size": st.st_size,
+                  "file_mtime_ns": st.st_mtime_ns, "format": fmt, "class_names": class_names,
+                  "queries": list(queries), "keys": keys, "cache": str(cache_path) if cache else None}
+        return {"cosine": cosine_similarity_matrix(vectors), "source": source}
+
+    if not cache:
+        stored = compute()
+    else:
         try:
-            atomic_torch_save({"cosine": cosine, "source": source}, cache_path)
+            stored = cached(cache_path, compute)   # an unreadable cache is set aside with a warning and rebuilt
         except OSError as e:
             log.warning("could not cache the similarity matrix at %s (%s); it will be recomputed", cache_path, e)
-            source["cache"] = None
-    return cosine, source
+            stored = compute()
+    return stored["cosine"], stored["source"]
 
 
 # --------------------------------------------------------------------------- statistics of S
@@ -226,9 +237,9 @@ class SimilaritySpec:
     embedding_format: str = "auto"
 
     def __post_init__(self):
-        if self.kind is not None and self.kind not in KINDS:
-            raise UserError(f"loss.similarity={self.kind!r}: choose one of {', '.join(KINDS)} or null "
-                            f"(the dataset's natural similarity)")
+        if self.kind is not None and self.kind not in KINDS and Path(self.kind).suffix not in MATRIX_FILES:
+            raise UserError(f"loss.similarity={self.kind!r}: choose one of {', '.join(KINDS)}, a matrix file "
+                            f"({' or '.join(MATRIX_FILES)}), or null (the dataset's natural similarity)")
         if not 0.0 <= self.r < 1.0:
             raise UserError(f"loss.r={self.r}: the ordinal factor must satisfy 0 ≤ r < 1")
         if not 0.0 <= self.lower_bound < 1.0:
@@ -246,6 +257,8 @@ def build_similarity(spec: SimilaritySpec, meta: Meta) -> tuple[torch.Tensor, di
     if kind is None:
         raise UserError("loss.similarity=null but the dataset has no natural similarity; set loss.similarity "
                         f"to one of {', '.join(KINDS)}")
+    if Path(kind).suffix in MATRIX_FILES:
+        return load_similarity_file(kind, k), {"kind": "file", "file": str(Path(kind).expanduser().resolve())}
     if kind not in KINDS:
         raise UserError(f"the dataset's natural similarity {kind!r} is not one of {', '.join(KINDS)}; "
                         f"set loss.similarity")
@@ -266,6 +279,25 @@ def build_similarity(spec: SimilaritySpec, meta: Meta) -> tuple[torch.Tensor, di
     queries = list(meta.extras.get("query_words") or meta.class_names)
     cosine, source = embedding_cosine(path, queries, meta.class_names, spec.embedding_format)
     return lower_bound_rescale(cosine, spec.lower_bound), {**source, "lower_bound": spec.lower_bound}
+
+
+def load_similarity_file(path: str | Path, num_classes: int) -> torch.Tensor:
+    """A C×C similarity matrix from .npy or .csv (comma-separated numbers, no header), checked like any S:
+    square, C×C, values in [0, 1], ones on the diagonal."""
+    from experiments.losses.simloss import validate_similarity
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"loss.similarity={path} does not exist; give a .npy or .csv C×C matrix file")
+    try:
+        s = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+    except (ValueError, OSError) as e:
+        raise UserError(f"loss.similarity={path} cannot be read as a numeric matrix ({str(e).splitlines()[0]}); "
+                        f"save it with numpy.save or as comma-separated rows") from None
+    try:
+        return validate_similarity(s, num_classes)
+    except ValueError as e:
+        raise UserError(f"loss.similarity={path}: {e}; fix the file") from None
 
 
 class ConfiguredSimLoss(SimLoss):

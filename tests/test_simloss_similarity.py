@@ -136,3 +136,39 @@ def test_official_spellings_keep_torchvision_order_for_96_classes():
     queries = [OFFICIAL_QUERY_WORDS.get(n, n) for n in kept]
     assert queries == sorted(queries)
     assert {"apples", "maple", "lawnmower", "poppies", "sunflowers"} <= set(queries)
+
+
+def test_similarity_from_npy_and_csv_files(tmp_path):
+    import numpy as np
+
+    from experiments.data import Meta
+    from experiments.errors import UserError
+    from image_classification.similarity import ConfiguredSimLoss
+
+    meta = Meta(num_classes=3, class_names=list("abc"), class_counts=torch.ones(3))
+    s = np.array([[1.0, 0.5, 0.0], [0.5, 1.0, 0.25], [0.0, 0.25, 1.0]])
+    np.save(tmp_path / "s.npy", s)
+    np.savetxt(tmp_path / "s.csv", s, delimiter=",")
+    for name in ("s.npy", "s.csv"):
+        loss = ConfiguredSimLoss(similarity=str(tmp_path / name))
+        loss.bind(meta)
+        assert torch.allclose(loss.similarity, torch.from_numpy(s))
+    np.save(tmp_path / "wrong_shape.npy", np.eye(4))
+    np.save(tmp_path / "out_of_range.npy", s * 2)
+    for name, words in (("wrong_shape.npy", "4×4"), ("out_of_range.npy", "[0, 1]")):
+        with pytest.raises(UserError, match=words):
+            ConfiguredSimLoss(similarity=str(tmp_path / name)).bind(meta)
+    with pytest.raises(UserError, match="does not exist"):
+        ConfiguredSimLoss(similarity=str(tmp_path / "missing.npy")).bind(meta)
+
+
+def test_missing_class_word_names_it_and_the_official_spelling(tmp_path):
+    from experiments.errors import UserError
+    from image_classification.similarity import class_vectors
+
+    path = tmp_path / "vectors.txt"
+    path.write_text("2 3\napple 1 0 0\nbanana 0 1 0\n")
+    with pytest.raises(UserError) as err:
+        class_vectors(path, ["apple", "aquarium_fish"], ["apple", "aquarium_fish"], "word2vec_text")
+    msg = str(err.value)
+    assert "aquarium_fish" in msg and "\n" not in msg and "official SimLoss code queries" in msg
