@@ -16,6 +16,7 @@ from average_k.metrics import budget
 from experiments.data import Batch, Meta
 from experiments.errors import UserError
 from experiments.losses.base import EngineLoss
+from experiments.losses.focal import as_float, softplus_and_sigmoid
 
 LOG_EPS = 1e-5
 
@@ -86,6 +87,31 @@ class EpochCandidates:
         return tau
 
 
+class _BCEWithLogits(torch.autograd.Function):
+    """scale·Σ BCE-with-logits(x, y; pos_weight w) = scale·Σ [l·softplus(x) − w·y·x], l = 1 + (w − 1)·y (the value of
+    `F.binary_cross_entropy_with_logits`), gradient scale·(l·σ(x) − w·y), from one sigmoid and one log per entry."""
+
+    @staticmethod
+    def forward(ctx, x, y, w, scale: float):
+        sp, grad = softplus_and_sigmoid(x)
+        if w is None:
+            total = sp.sum() - torch.dot(y.reshape(-1), x.reshape(-1))
+            grad.sub_(y)
+        else:
+            wy = y * w
+            lw = (wy - y).add_(1)
+            total = torch.dot(lw.reshape(-1), sp.reshape(-1)) - torch.dot(wy.reshape(-1), x.reshape(-1))
+            grad.mul_(lw).sub_(wy)
+        ctx.save_for_backward(grad)
+        ctx.scale = scale
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        grad, = ctx.saved_tensors
+        return grad * (g * ctx.scale), None, None, None
+
+
 class TwoHeadLoss(EngineLoss):
     """CE on the softmax head A ("logits") + λ_ml · BCE of the sigmoid head B ("ml") on pseudo-labels.
 
@@ -153,9 +179,9 @@ class TwoHeadLoss(EngineLoss):
         return batch_pseudo_labels(probs, self.k, t, self.pl_tie_rule, self.pl_budget)
 
     def ml_loss(self, ml_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pw = self.pos_weight.to(ml_logits.device) if self.pos_weight.numel() > 1 else None
-        per = F.binary_cross_entropy_with_logits(ml_logits.float(), labels, pos_weight=pw, reduction="none")
-        return per.mean() if self.ml_reduction == "mean" else per.sum(dim=1).mean()
+        x = as_float(ml_logits)
+        pw = self.pos_weight.to(x) if self.pos_weight.numel() > 1 else None
+        return _BCEWithLogits.apply(x, labels.to(x), pw, 1.0 / (x.numel() if self.ml_reduction == "mean" else len(x)))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, ml_logits: torch.Tensor | None = None,
                 update: bool = False) -> torch.Tensor:
@@ -191,8 +217,62 @@ class _SigmoidHead(EngineLoss):
 
 def epr_regularizer(q: torch.Tensor, k: float, norm: str = "2") -> torch.Tensor:
     """(mean_i Σ_j q_ij − k)^2 / C^2 (or |·| / C^2 for norm "1")."""
-    d = q.sum(dim=1).mean() - k
+    d = q.sum() / q.shape[0] - k
     return (d.abs() if norm == "1" else d ** 2) / q.shape[1] ** 2
+
+
+class _AssumeNegative(torch.autograd.Function):
+    """Σ_ij ℓ_ij/(B·C) with, for u = σ(−z) and v = σ(z): negatives w_neg·[(1−ls)·n + ls·p], the observed positive
+    (1−ls)·p + ls·n, n = −log(u + 1e-5), p = −log(v + 1e-5). ∂n/∂z = uv/(u+ε), ∂p/∂z = −uv/(v+ε)."""
+
+    @staticmethod
+    def forward(ctx, z, target, ls: float, w_neg: float):
+        target = target[:, None]
+        u = torch.sigmoid(-z)
+        arg_n = u + LOG_EPS
+        arg_p = torch.sigmoid(z).add_(LOG_EPS) if ls else None
+        arg_pg = torch.sigmoid(z.gather(1, target)).add_(LOG_EPS) if arg_p is None else arg_p.gather(1, target)
+        n_all, n_g, p_g = -arg_n.log().sum(), -arg_n.gather(1, target).log(), -arg_pg.log()
+        p_all = -arg_p.log().sum() if ls else 0.0
+        total = w_neg * ((1 - ls) * n_all + ls * p_all) + (((1 - ls) - w_neg * ls) * p_g
+                                                             + (ls - w_neg * (1 - ls)) * n_g).sum()
+        ctx.save_for_backward(target, u, arg_n, arg_p, arg_pg)
+        ctx.ls, ctx.w_neg = ls, w_neg
+        return total / z.numel()
+
+    @staticmethod
+    def backward(ctx, grad):
+        target, u, arg_n, arg_p, arg_pg = ctx.saved_tensors
+        ls, w_neg, scale = ctx.ls, ctx.w_neg, grad / u.numel()
+        uv = u - u * u
+        g_n = uv / arg_n
+        g_neg = g_n if arg_p is None else g_n.mul(1 - ls).sub_(uv.div(arg_p).mul_(ls))
+        uv_g = uv.gather(1, target)
+        g_pos = g_n.gather(1, target).mul(ls) - uv_g.div(arg_pg).mul_(1 - ls)
+        return (g_neg * (scale * w_neg)).scatter_(1, target, g_pos * scale), None, None, None
+
+
+class _ExpectedPositives(torch.autograd.Function):
+    """EPR: Σ_i −log(q_{i,y_i} + 1e-5)/(B·C) + reg(mean_i Σ_j q_ij − k), q = σ(z), reg = d²/C² ("2") or |d|/C² ("1")."""
+
+    @staticmethod
+    def forward(ctx, z, target, k: float, norm: str):
+        target = target[:, None]
+        b, c = z.shape
+        q = torch.sigmoid(z)
+        q_g = q.gather(1, target)
+        d = q.sum() / b - k
+        reg = (d.abs() if norm == "1" else d * d) / c ** 2
+        ctx.save_for_backward(target, q, q_g)
+        ctx.slope = (d.sign() if norm == "1" else 2 * d) / (c ** 2 * b)
+        return -(q_g + LOG_EPS).log().sum() / (b * c) + reg
+
+    @staticmethod
+    def backward(ctx, grad):
+        target, q, q_g = ctx.saved_tensors
+        g = (q - q * q).mul_(grad * ctx.slope)
+        g_pos = (q_g * q_g - q_g).div_(q_g + LOG_EPS).mul_(grad / q.numel())
+        return g.scatter_add_(1, target, g_pos), None, None, None
 
 
 class AssumeNegative(_SigmoidHead):
@@ -205,15 +285,8 @@ class AssumeNegative(_SigmoidHead):
         self.ls, self.weak = float(label_smoothing), weak
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        q = logits.float().sigmoid()
-        b, c = q.shape
-        pos = F.one_hot(target.long(), c).bool()
-        lp, ln = neg_log(q), neg_log(1.0 - q)
-        pos_loss = (1 - self.ls) * lp + self.ls * ln
-        neg_loss = (1 - self.ls) * ln + self.ls * lp
-        if self.weak:
-            neg_loss = neg_loss / (c - 1)
-        return torch.where(pos, pos_loss, neg_loss).sum() / (b * c)
+        w_neg = 1.0 / (logits.shape[1] - 1) if self.weak else 1.0
+        return _AssumeNegative.apply(as_float(logits), target.long(), self.ls, w_neg)
 
 
 class ExpectedPositives(_SigmoidHead):
@@ -227,10 +300,7 @@ class ExpectedPositives(_SigmoidHead):
         self.k, self.norm = float(k), norm
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        q = logits.float().sigmoid()
-        b, c = q.shape
-        pos = neg_log(q.gather(1, target.long().view(-1, 1))).sum() / (b * c)
-        return pos + epr_regularizer(q, self.k, self.norm)
+        return _ExpectedPositives.apply(as_float(logits), target.long(), self.k, self.norm)
 
 
 class RegularizedOnlineLabelEstimation(_SigmoidHead):

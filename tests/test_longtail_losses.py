@@ -188,3 +188,60 @@ def test_posthoc_logit_adjustment(zy):
     state = metric.fit(out, meta())
     assert state in (0.0, 1.0, 2.0)
     assert metric(out, meta(), state)["la_tau"] == state
+
+
+# ----------------------------------------------------------------------------- Cui et al.'s sigmoid bases
+def cui_sigmoid_loop(z, y, counts, beta, gamma, focal):
+    """cifar_main.py `sigmoid`/`focal` written as plain loops: w_y·Σ_j modulator·BCE(z_j, 1[j=y]), summed over the
+    batch and divided by the number of positive labels (one per sample)."""
+    eff = [(1 - beta) / (1 - beta ** n) for n in counts]
+    w = [v / sum(eff) * len(counts) for v in eff]
+    total = 0.0
+    for row, g in zip(z.tolist(), y.tolist()):
+        for j, v in enumerate(row):
+            lab = 1.0 if j == g else 0.0
+            bce = max(v, 0.0) - v * lab + math.log(1 + math.exp(-abs(v)))
+            mod = math.exp(-gamma * lab * v - gamma * math.log(1 + math.exp(-v))) if focal else 1.0
+            total += w[g] * mod * bce
+    return total / len(y)
+
+
+def test_cb_sigmoid_focal_known_answer():
+    """logits [1, −1], target 0, counts [500, 5], β = 0.9, γ = 2: Cui's sigmoid focal 0.02633, softmax focal 0.00105."""
+    z, y = torch.tensor([[1.0, -1.0]]), torch.tensor([0])
+    sig = ClassBalancedLoss(beta=0.9, base="sigmoid_focal", gamma=2.0, class_counts=[500, 5])(z, y)
+    soft = ClassBalancedLoss(beta=0.9, base="softmax_focal", gamma=2.0, class_counts=[500, 5])(z, y)
+    assert sig.item() == pytest.approx(0.02633, abs=5e-6)
+    assert soft.item() == pytest.approx(0.00105, abs=5e-6)
+    assert sig.item() == pytest.approx(cui_sigmoid_loop(z, y, [500, 5], 0.9, 2.0, True), rel=1e-6)
+
+
+@pytest.mark.parametrize("base,gamma", [("sigmoid", 0.0), ("sigmoid_focal", 1.0), ("sigmoid_focal", 2.0),
+                                        ("sigmoid_focal", 0.5)])
+def test_cb_sigmoid_bases_match_loops(zy, base, gamma):
+    z, y = zy
+    got = ClassBalancedLoss(beta=0.999, base=base, gamma=gamma, class_counts=COUNTS)(z, y)
+    want = cui_sigmoid_loop(z, y, COUNTS, 0.999, gamma, base == "sigmoid_focal")
+    assert got.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_cb_focal_is_deprecated_softmax_focal_alias(zy):
+    z, y = zy
+    old = ClassBalancedLoss(beta=0.99, base="focal", gamma=2.0, class_counts=COUNTS)
+    assert old.base == "softmax_focal"
+    new = ClassBalancedLoss(beta=0.99, base="softmax_focal", gamma=2.0, class_counts=COUNTS)
+    assert old(z, y).item() == new(z, y).item()
+    with pytest.raises(UserError):
+        ClassBalancedLoss(base="sigmoid_ce")
+
+
+def test_ldam_gradient_matches_formula(zy):
+    z, y = zy
+    m = torch.tensor(COUNTS, dtype=torch.float64) ** -0.25
+    m = m * 0.5 / m.max()
+    a, b = z.clone().requires_grad_(), z.clone().requires_grad_()
+    got = LDAMLoss(drw_epoch=None, class_counts=COUNTS)(a, y)
+    want = F.cross_entropy(30.0 * (b - F.one_hot(y, 5) * m[y][:, None]), y)
+    ga, = torch.autograd.grad(got, a)
+    gb, = torch.autograd.grad(want, b)
+    assert torch.allclose(ga, gb, atol=1e-12) and got.item() == pytest.approx(want.item(), rel=1e-12)

@@ -3,10 +3,12 @@
 Notation: ŷ = softmax(z), g = true class, p̃_j = ŷ_j / (1 − ŷ_g) for j ≠ g (the wrong-class distribution),
 H_c = −Σ_{j≠g} p̃_j log p̃_j ∈ [0, log(K−1)].
 
-Numerics: 1 − ŷ_g = Σ_{j≠g} ŷ_j, so log p̃ = log_softmax of the logits with the true column masked to −inf.
-That is exact and finite however close ŷ_g gets to 1 (no division, no NaN). The official code's epsilons are
-reproduced on top of this in log space: P = ŷ/((1−ŷ_g)+eps_div) (v1/v2, `eps_placement="inside"`) or
-P = ŷ/(1−ŷ_g) + eps_div (current `cce.py`, `"outside"`), then P·log(P + eps_log).
+Numerics: with m = max_{j≠g} z_j, t = z − m and q_j = exp(t_j) (q_g = 0), R = Σ q ∈ [1, K−1], p̃ = q/R,
+H_c = log R − Σ p̃ t, CE = logaddexp(z_g, m + log R) − z_g and log(1 − ŷ_g) = m + log R − lse: one exp pass,
+exact and finite however close ŷ_g gets to 1, and a closed-form gradient (`_ComplementLoss`). The official code's
+epsilons are kept exactly: P = ŷ/((1−ŷ_g)+eps_div) = κ·p̃ with κ = (1−ŷ_g)/((1−ŷ_g)+eps_div) (v1/v2,
+`eps_placement="inside"`) or P = ŷ/(1−ŷ_g) + eps_div (current `cce.py`, `"outside"`), then P·log(P + eps_log);
+eps_log > 0 or the outside eps costs one per-class log.
 
 `ComplementCrossEntropy(variant=...)`:
 - `paper` (default): CE + γ/(K−1) · mean_i H_c(i). γ = −1 maximises H_c (the paper's text, Holocron).
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from experiments.data import Batch
 from experiments.errors import UserError
 from experiments.losses.base import EngineLoss, StepFn
-from experiments.losses.focal import as_float
+from experiments.losses.focal import as_float, fast_exp
 
 _NORMS = ("K_minus_1", "K")
 _PLACEMENTS = ("inside", "outside")
@@ -44,43 +46,76 @@ def _check_targets(logits: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError("complement entropy needs at least 2 classes (it is over the K−1 wrong classes)")
 
 
-def complement_log_probs(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p̃, mask): log of the wrong-class distribution (true column = −inf) and the true-class mask."""
-    _check_targets(logits, target)
-    z = as_float(logits)
-    mask = F.one_hot(target.long(), z.shape[1]).bool()
-    return torch.log_softmax(z.masked_fill(mask, float("-inf")), dim=1), mask
+def _shifted_complement(z: torch.Tensor, target: torch.Tensor):
+    """t = z − max_{j≠g} z_j, q = exp(t) with q_g = 0 (the wrong-class distribution unnormalised) and R = Σ q ≥ 1."""
+    m = z.scatter(1, target, float("-inf")).amax(dim=1, keepdim=True)
+    t = z - m
+    q = fast_exp(t).scatter_(1, target, 0.0)
+    return m, t, q, q.sum(dim=1, keepdim=True)
 
 
-def neg_complement_entropy(logits: torch.Tensor, target: torch.Tensor, eps_div: float = 0.0,
-                           eps_log: float = 0.0, eps_placement: str = "inside") -> torch.Tensor:
-    """Per-sample Σ_{j≠g} P_j · log(P_j + eps_log) (≤ 0; equals −H_c when both epsilons are 0).
+class _ComplementLoss(torch.autograd.Function):
+    """mean_i (w_ce·CE_i + w_c·Σ_{j≠g} P_ij log(P_ij + eps_log)) from one exp pass, with the closed-form gradient.
 
-    P_j = p̃_j exactly, or with the official code's `eps_div` inside ((1 − ŷ_g) + eps) or outside (+ eps).
+    p̃ = q/R; P = κ·p̃ (inside, κ = r/(r + eps_div), r = 1 − ŷ_g = exp(log r)) or p̃ + eps_div (outside).
+    Without eps_log and additive eps the term is κ(log κ − H_c), H_c = log R − Σ p̃ t: no per-class log.
+    The gradient is q ⊙ (α + β·x) off the target column, x = t (closed form) or f'(P) = log(P+eps_log) + P/(P+eps_log).
     """
-    log_pt, mask = complement_log_probs(logits, target)
-    if eps_div and eps_placement == "inside":
-        # log P = log ŷ_j − log((1 − ŷ_g) + eps) = log p̃_j + log(1−ŷ_g) − logaddexp(log(1−ŷ_g), log eps)
-        log_rest = torch.logsumexp(torch.log_softmax(as_float(logits), dim=1).masked_fill(mask, float("-inf")),
-                                   dim=1, keepdim=True)  # log(1 − ŷ_g), finite
-        log_p = log_pt + log_rest - torch.logaddexp(log_rest, log_rest.new_tensor(math.log(eps_div)))
-    elif eps_div:  # outside: P = p̃ + eps
-        log_p = torch.logaddexp(log_pt, log_pt.new_tensor(math.log(eps_div)))
-    else:
-        log_p = log_pt
-    log_p = log_p.masked_fill(mask, 0.0)
-    p = log_p.exp().masked_fill(mask, 0.0)
-    log_term = torch.logaddexp(log_p, log_p.new_tensor(math.log(eps_log))) if eps_log else log_p
-    return (p * log_term.masked_fill(mask, 0.0)).sum(dim=1)
+
+    @staticmethod
+    def forward(ctx, z, target, w_ce: float, w_c: float, eps_div: float, eps_log: float, inside: bool):
+        target = target[:, None]
+        m, t, q, big_r = _shifted_complement(z, target)
+        log_big_r = big_r.log()
+        zg = z.gather(1, target)
+        lse = torch.logaddexp(zg, m + log_big_r)
+        log_r = m + log_big_r - lse
+        kappa = inside and eps_div > 0
+        log_c = log_r - torch.logaddexp(log_r, log_r.new_tensor(math.log(eps_div))) if kappa else None
+        add = 0.0 if inside else eps_div
+        if eps_log == 0 and add == 0:
+            x, offset = t, (q * t).sum(dim=1, keepdim=True) / big_r
+            h = log_big_r - offset
+            neg = -h if log_c is None else log_c.exp() * (log_c - h)
+            t_kappa = None if log_c is None else log_c - h + 1
+        else:
+            p = q * (big_r.reciprocal() if log_c is None else log_c.exp() / big_r)
+            u = p.add_(add) + eps_log
+            x = u.log()
+            neg = (p * x).sum(dim=1, keepdim=True) - add * x.gather(1, target)
+            x.add_(p.div_(u))
+            t_kappa = offset = (q * x).sum(dim=1, keepdim=True) / big_r
+        ce = lse - zg
+        ctx.save_for_backward(target, x, q, big_r, offset, log_r, ce, log_c, t_kappa)
+        ctx.weights = (w_ce / len(z), w_c / len(z))
+        return (w_ce * ce.sum() + w_c * neg.sum()) / len(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        target, x, q, big_r, offset, log_r, ce, log_c, t_kappa = ctx.saved_tensors
+        a, b = grad * ctx.weights[0], grad * ctx.weights[1]
+        ar = a * log_r.exp()
+        if log_c is None:
+            alpha, beta, g_target = (ar - b * offset) / big_r, b / big_r, -ar
+        else:  # κ depends on r = 1 − ŷ_g: ψ = ∂T/∂κ · κ(1−κ) · ŷ_g
+            c = log_c.exp()
+            psi = t_kappa * c * (1 - c) * torch.exp(-ce)
+            alpha, beta, g_target = (ar + b * (psi - c * offset)) / big_r, b * c / big_r, -ar - b * psi
+        grad_z = (x * beta).add_(alpha).mul_(q).scatter_(1, target, g_target)
+        return grad_z, None, None, None, None, None, None
 
 
-def complement_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample H_c (exact, ≥ 0)."""
-    return -neg_complement_entropy(logits, target)
-
-
-def _norm_value(norm: str, k: int) -> int:
-    return k - 1 if norm == "K_minus_1" else k
+def complement_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float, term_weight: float,
+                    norm: str = "K", eps_div: float = 0.0, eps_log: float = 0.0,
+                    eps_placement: str = "inside") -> torch.Tensor:
+    """mean_i (ce_weight·CE_i + term_weight/norm·Σ_{j≠g} P_j log(P_j + eps_log)); the sum is −H_c when both
+    eps are 0. P_j = p̃_j exactly, or with the official code's `eps_div` inside ((1 − ŷ_g) + eps) or outside (+ eps).
+    """
+    _check_targets(logits, target)
+    k = logits.shape[1]
+    return _ComplementLoss.apply(as_float(logits), target.long(), float(ce_weight),
+                                 term_weight / (k - 1 if norm == "K_minus_1" else k),
+                                 float(eps_div), float(eps_log), eps_placement == "inside")
 
 
 class ComplementCrossEntropy(EngineLoss):
@@ -113,14 +148,13 @@ class ComplementCrossEntropy(EngineLoss):
 
     def complement_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """mean_i Σ_{j≠g} P log P / norm (≤ 0): the quantity γ multiplies (with the variant's sign)."""
-        neg = neg_complement_entropy(logits, target, self.eps_div, self.eps_log, self.eps_placement)
-        return neg.mean() / _norm_value(self.norm, logits.shape[1])
+        return complement_loss(logits, target, 0.0, 1.0, self.norm, self.eps_div, self.eps_log, self.eps_placement)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(as_float(logits), target)
         if self.gamma == 0:
-            return ce
-        return ce + self.sign * self.gamma * self.complement_term(logits, target)
+            return F.cross_entropy(as_float(logits), target)
+        return complement_loss(logits, target, 1.0, self.sign * self.gamma, self.norm, self.eps_div, self.eps_log,
+                               self.eps_placement)
 
     def extra_repr(self) -> str:
         return (f"gamma={self.gamma}, variant={self.variant}, norm={self.norm}, eps_div={self.eps_div}, "
@@ -152,8 +186,7 @@ class ComplementEntropy(EngineLoss):
         self.optimizer_names = ("main", "complement") if steps == 2 else ("main",)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        neg = neg_complement_entropy(logits, target, self.eps_div, self.eps_log, self.eps_placement)
-        return neg.mean() / _norm_value(self.norm, logits.shape[1])
+        return complement_loss(logits, target, 0.0, 1.0, self.norm, self.eps_div, self.eps_log, self.eps_placement)
 
     def objective(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """CE + complement loss: the one-step objective, and the loss reported on val/test for both modes."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from experiments.data import Meta
 from experiments.errors import UserError
 from experiments.losses.base import EngineLoss
-from experiments.losses.focal import FocalLoss, as_float, focal_terms  # noqa: F401 (FocalLoss re-exported)
+from experiments.losses.focal import FocalLoss, as_float, focal_loss, softplus_and_sigmoid  # noqa: F401 (FocalLoss re-exported)
 from experiments.metrics import HIGHER, Accuracy, ClassAccuracy, EvalOutputs, Measure, Metric
 
 
@@ -86,17 +86,53 @@ class _CountsLoss(EngineLoss):
             raise ValueError(f"{type(self).__name__}: {logits.shape[1]} logits but {len(self.counts)} class counts")
 
 
+class _SigmoidFocal(torch.autograd.Function):
+    """Σ_i w_i Σ_j σ(s_ij)^γ·softplus(s_ij)·scale, s = (1 − 2·onehot)·z: Cui's sigmoid (γ = 0) and sigmoid focal
+    terms, since BCE = softplus(s) and exp(−γ·y·z − γ·log(1 + e^{−z})) = σ(s)^γ. Closed-form gradient."""
+
+    @staticmethod
+    def forward(ctx, z, target, weight, gamma: float, scale: float):
+        target = target[:, None]
+        s = z.scatter(1, target, -z.gather(1, target))
+        sp, sig = softplus_and_sigmoid(s)
+        if gamma:
+            mod = sig.pow(gamma)
+            slope = sig.neg().add_(1).mul_(sp).mul_(gamma).add_(sig).mul_(mod)
+            sp.mul_(mod)
+        else:
+            slope = sig
+        ctx.save_for_backward(target, slope, weight)
+        ctx.scale = scale
+        return (sp.sum(dim=1) * weight).sum() * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        target, slope, weight = ctx.saved_tensors
+        g = slope * (weight * (grad * ctx.scale))[:, None]
+        return g.scatter_(1, target, -g.gather(1, target)), None, None, None, None
+
+
+CB_BASES = ("ce", "softmax_focal", "sigmoid", "sigmoid_focal")
+
+
 class ClassBalancedLoss(_CountsLoss):
-    """w_{y}·L(z, y) with Cui's effective-number weights. `base`: ce | focal (softmax focal, `gamma`).
-    `reduction`: mean (Σ w_i L_i / N, Cui) | weighted_mean (Σ w_i L_i / Σ w_i, PyTorch `weight=` as in LDAM-DRW)."""
+    """w_{y}·L(z, y) with Cui's effective-number weights w_c = (1−β)/(1−β^{n_c}), normalised to sum K.
+
+    `base`: `ce` (softmax CE) | `softmax_focal` ((1−p_y)^γ·CE, `gamma`) | `sigmoid` (Cui's official `sigmoid`: per-class
+    BCE with one-hot labels, w_y on every class of the sample) | `sigmoid_focal` (Cui's official `focal`: the sigmoid BCE
+    times σ(s)^γ = exp(−γ·y·z − γ·log(1 + e^{−z}))). `focal` is a deprecated alias of `softmax_focal`.
+    `reduction`: mean (Σ_i w_i L_i / N; for the sigmoid bases N is the number of positive labels, Cui's
+    `reduce_sum(loss)/reduce_sum(labels)`) | weighted_mean (Σ w_i L_i / Σ w_i, PyTorch `weight=` as in LDAM-DRW).
+    (The PyTorch port vandit15/Class-balanced-loss-pytorch divides its `sigmoid` base by N·K instead.)"""
 
     def __init__(self, beta: float = 0.9999, base: str = "ce", gamma: float = 1.0, reduction: str = "mean",
                  class_counts: Sequence[int] | None = None):
         super().__init__()
         if not 0.0 <= beta <= 1.0:
             raise UserError(f"loss.beta={beta}: must be in [0, 1]")
-        if base not in ("ce", "focal"):
-            raise UserError(f"loss.base={base!r}: choose ce or focal")
+        base = "softmax_focal" if base == "focal" else base
+        if base not in CB_BASES:
+            raise UserError(f"loss.base={base!r}: choose one of {', '.join(CB_BASES)} (focal = softmax_focal)")
         if reduction not in ("mean", "weighted_mean"):
             raise UserError(f"loss.reduction={reduction!r}: choose mean or weighted_mean")
         self.beta, self.base, self.gamma, self.reduction = float(beta), base, float(gamma), reduction
@@ -107,11 +143,14 @@ class ClassBalancedLoss(_CountsLoss):
 
     def forward(self, logits, target):
         self._require(logits)
-        terms = focal_terms(logits, target, self.gamma if self.base == "focal" else 0.0)
-        w = self.weights.to(terms)[target]
+        gamma = self.gamma if self.base.endswith("focal") else 0.0
+        if self.base.startswith("softmax") or self.base == "ce":
+            return focal_loss(logits, target, gamma, self.weights, reduction=self.reduction)
+        z = as_float(logits)
+        w = self.weights.to(z).index_select(0, target)
         if self.reduction == "mean":
-            return (w * terms).mean()
-        return (w * terms).sum() / w.sum().clamp_min(1e-12)
+            return _SigmoidFocal.apply(z, target, w, gamma, 1.0 / len(z))
+        return _SigmoidFocal.apply(z, target, w, gamma, 1.0) / w.sum().clamp_min(1e-12)
 
 
 class LDAMLoss(_CountsLoss):
@@ -141,6 +180,7 @@ class LDAMLoss(_CountsLoss):
 
     def _prepare(self, counts):
         self.register_buffer("margins", ldam_margins(counts, self.max_m), persistent=False)
+        self.register_buffer("scaled_margins", -self.s * self.margins, persistent=False)
         self.register_buffer("drw_weights", class_balanced_weights(counts, self.beta), persistent=False)
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
@@ -155,11 +195,10 @@ class LDAMLoss(_CountsLoss):
 
     def forward(self, logits, target):
         self._require(logits)
-        z = as_float(logits)
-        m = self.margins.to(z)[target]
-        z = z - F.one_hot(target, z.shape[1]).to(z.dtype) * m[:, None]
+        z = as_float(logits) * self.s
+        z.scatter_add_(1, target[:, None], self.scaled_margins.to(z).index_select(0, target)[:, None])
         weight = self.drw_weights.to(z) if self.drw_active else None
-        return F.cross_entropy(self.s * z, target, weight=weight)
+        return F.cross_entropy(z, target, weight=weight)
 
 
 class BalancedSoftmax(_CountsLoss):
@@ -188,11 +227,12 @@ class LogitAdjustedLoss(_CountsLoss):
 
     def _prepare(self, counts):
         self.register_buffer("log_prior", log_prior(counts), persistent=False)
+        self.register_buffer("adjustment", self.tau * self.log_prior, persistent=False)
 
     def forward(self, logits, target):
         self._require(logits)
         z = as_float(logits)
-        return F.cross_entropy(z + self.tau * self.log_prior.to(z), target)
+        return F.cross_entropy(z + self.adjustment.to(z), target)
 
 
 class PostHocLogitAdjustment(Metric):

@@ -1,10 +1,12 @@
 """SimLoss (Kobs et al., ISMIS 2020): cross entropy with class similarities.
 
 L = −mean_i log(Σ_c S[y_i, c]·softmax(z_i)_c + eps). S = identity gives cross entropy (up to eps).
-`impl="logsumexp"` evaluates the log of the weighted sum in log space, exactly including eps:
-log(Σ_c S[y,c]·p_c + eps) = logsumexp(log S[y,:] + log_softmax(z), log eps), with log 0 = −inf (the diagonal
-log 1 = 0 always leaves one finite term). `impl="prob"` is the official code's form: softmax → weighted sum
-→ + eps → log.
+`impl="prob"` is the official code's form: softmax → weighted sum → + eps → log, here one fused softmax, one
+row gather of S and the closed-form gradient p ⊙ (A − S[y])/(A + eps) (`_SimLossProb`).
+`impl="logsumexp"` has the log-space value log(Σ_c S[y,c]·p_c + eps) = logsumexp(log S[y,:] + log_softmax(z),
+log eps) (log 0 = −inf; the diagonal log 1 = 0 always leaves one finite term), so it is finite where the
+probability form underflows. It is computed in the probability form wherever that is exact (A + eps ≥ √tiny of
+the dtype, always the case for eps ≥ 1e-19) and in log space only for the remaining rows.
 """
 from __future__ import annotations
 
@@ -44,6 +46,30 @@ def validate_similarity(similarity: Any, num_classes: int | None = None, atol: f
     return s
 
 
+class _SimLossProb(torch.autograd.Function):
+    """(scale·Σ_i −log(A_i + eps), keep) with A_i = Σ_c S[y_i,c]·softmax(z_i)_c and gradient p ⊙ (A − S[y_i])/(A + eps)·scale.
+    With a `floor`, rows with A_i + eps < floor are left out (their term and gradient are 0) and flagged in `keep`."""
+
+    @staticmethod
+    def forward(ctx, z, rows, eps: float, scale: float, floor: float | None):
+        p = torch.softmax(z, dim=1)
+        a = (rows * p).sum(dim=1, keepdim=True)
+        denom = a + eps
+        keep = None if floor is None else denom >= floor
+        log_terms = denom.log() if keep is None else denom.log().where(keep, 0.0)
+        ctx.save_for_backward(p, rows, a, denom, keep)
+        ctx.scale = scale
+        return -log_terms.sum() * scale, keep
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        p, rows, a, denom, keep = ctx.saved_tensors
+        k = (grad * ctx.scale) / denom
+        if keep is not None:
+            k = k.where(keep, 0.0)
+        return rows.mul(-k).add_(a * k).mul_(p), None, None, None, None
+
+
 class SimLoss(EngineLoss):
     """SimLoss as a drop-in `loss(logits, target)`, mean over the batch.
 
@@ -65,6 +91,7 @@ class SimLoss(EngineLoss):
         self.impl = impl
         self.register_buffer("similarity", torch.empty(0), persistent=False)
         self.register_buffer("log_similarity", torch.empty(0), persistent=False)
+        self.register_buffer("similarity_float", torch.empty(0), persistent=False)
         if similarity is not None:
             self.set_similarity(similarity, num_classes)
 
@@ -73,6 +100,7 @@ class SimLoss(EngineLoss):
         device = self.similarity.device
         self.similarity = s.to(device)
         self.log_similarity = s.log().to(device)  # log 0 = −inf
+        self.similarity_float = s.float().to(device)
 
     @property
     def num_classes(self) -> int:
@@ -85,13 +113,18 @@ class SimLoss(EngineLoss):
             raise ValueError(f"SimLoss: logits of shape {tuple(logits.shape)} do not match the "
                              f"{self.num_classes}×{self.num_classes} similarity matrix")
         z = logits if logits.dtype == torch.float64 else logits.float()
-        if self.impl == "prob":
-            p = z.softmax(dim=1)
-            return -((self.similarity[target].to(z.dtype) * p).sum(dim=1) + self.eps).log().mean()
-        terms = self.log_similarity[target].to(z.dtype) + z.log_softmax(dim=1)
+        s = self.similarity if z.dtype == torch.float64 else self.similarity_float
+        rows = s.index_select(0, target).to(z.dtype)
+        floor = torch.finfo(z.dtype).tiny ** 0.5
+        direct = self.impl == "prob" or self.eps >= floor
+        loss, keep = _SimLossProb.apply(z, rows, self.eps, 1.0 / len(z), None if direct else floor)
+        if direct or keep.all():
+            return loss
+        bad = (~keep).squeeze(1).nonzero().squeeze(1)
+        terms = self.log_similarity.index_select(0, target[bad]).to(z.dtype) + z[bad].log_softmax(dim=1)
         if self.eps > 0:
             terms = torch.cat([terms, terms.new_full((len(terms), 1), math.log(self.eps))], dim=1)
-        return -torch.logsumexp(terms, dim=1).mean()
+        return loss - torch.logsumexp(terms, dim=1).sum() / len(z)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes if self.similarity.numel() else None}, eps={self.eps}, impl={self.impl}"
