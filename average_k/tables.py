@@ -13,6 +13,7 @@ from typing import Sequence
 import pandas as pd
 
 from average_k.metrics import k_label
+from experiments.matrix import only
 
 METHOD_NAMES = {"ce": "ce_threshold"}
 BINS = ("few", "medium", "many")
@@ -26,9 +27,10 @@ def _num(x) -> float:
 
 
 def by_k(runs: pd.DataFrame, spec) -> pd.DataFrame:
-    """Table transform: K from the spec's `options.ks`, methods ordered as `options.methods`."""
+    """Table transform: K from the spec's `options.ks`, methods ordered as `options.methods`, runs restricted to
+    `options.where` (e.g. one dataset)."""
     ks = [float(k) for k in spec.options.get("ks", [1, 2, 3, 5])]
-    long = long_table(runs, ks)
+    long = long_table(only(runs, spec), ks)
     order = [METHOD_NAMES.get(m, m) for m in spec.options.get("methods", [])]
     rank = {m: i for i, m in enumerate(order)}
     key = long["method"].map(lambda m: (rank.get(m.replace(" (head A)", ""), len(rank)), m))
