@@ -6,7 +6,10 @@ An experiment's `figures:` node maps a name to a spec with a generic `kind`:
 - `per_class`: per-class test accuracy vs training images of the class (from `details`), per `hue`;
 - `curves`: a `history` metric vs epoch, per `hue`, mean over seeds;
 - `hist`:   a `details` histogram (e.g. `test/avgk_size_hist@3`, `test/pred_hist`), averaged per `hue`;
-            `options.reference` names a details histogram drawn dashed for comparison, `options.bin` merges bins.
+            `options.reference` names a details histogram drawn dashed for comparison, `options.bin` merges bins;
+- `forest`: per setting (`rows`, one line each) every `hue` value's difference to `baseline` with its 95 %
+            interval, paired on `pair_on` (or `test: welch`), exactly as the tables compute it; filled markers
+            are significant after Holm correction over the panel; one panel per metric; `options.hue_order`.
 Optional keys: `transform` (as in table specs), `where` (column → value or list of values), `title`, `xlabel`, `ylabel`,
 `logx`, `options`. Everything is recomputed from the run JSONs.
 """
@@ -20,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.metrics import family
+from experiments.metrics import Measure, family
+from experiments.tables import TableSpec, current_runs, summarize
 
 
 @dataclass
@@ -39,6 +43,10 @@ class FigureSpec:
     ylabel: str | None = None
     logx: bool = False
     profiles: list[str] = field(default_factory=lambda: ["smoke", "default", "paper"])
+    rows: list[str] = field(default_factory=list)          # forest: the settings (one line each)
+    baseline: dict[str, Any] = field(default_factory=dict)  # forest: what every cell is compared with
+    pair_on: list[str] = field(default_factory=lambda: ["seed"])
+    test: str = "paired"
 
     @classmethod
     def from_config(cls, experiment: str, name: str, node: dict) -> "FigureSpec":
@@ -62,8 +70,6 @@ def _meaning(metric: str, df: pd.DataFrame) -> dict:
 
 
 def _pretty(name: str, df: pd.DataFrame) -> str:
-    from experiments.metrics import Measure
-
     leaf = name.split("/")[-1].replace("_", " ")
     meaning = _meaning(name, df)
     return leaf + (f" ({Measure(**meaning).suffix})" if meaning else "")
@@ -168,7 +174,54 @@ def _hist(ax, df, spec, metric):
     ax.set_ylabel(spec.ylabel or "share of test images")
 
 
-KINDS = {"line": _line, "bars": _bars, "per_class": _per_class, "curves": _curves, "hist": _hist}
+def _differences(df: pd.DataFrame, spec: FigureSpec, metric: str) -> pd.DataFrame:
+    """The non-baseline cells of the table these rows × hue would make, with their paired differences."""
+    table = TableSpec(experiment=spec.experiment, name=spec.name, rows=list(spec.rows),
+                      columns=[spec.hue] if spec.hue else [], metrics=[metric], baseline=dict(spec.baseline),
+                      pair_on=list(spec.pair_on), test=spec.test)
+    long = summarize(df, table)
+    long = long[~long["is_baseline"] & long["diff"].notna()]
+    return long.assign(_setting=[" · ".join(str(r[k]) for k in spec.rows) or "all" for _, r in long.iterrows()],
+                       _hue=long[spec.hue].astype(str) if spec.hue else "")
+
+
+def _forest(ax, df, spec, metric):
+    long = _differences(df, spec, metric)
+    s = _scale(metric, df)
+    settings = list(dict.fromkeys(long["_setting"]))
+    appearance = df[spec.hue].astype(str).unique().tolist() if spec.hue in df else sorted(set(long["_hue"]))
+    hues = [h for h in dict.fromkeys(list(map(str, spec.options.get("hue_order", []))) + appearance)
+            if h in set(long["_hue"])]
+    step = 0.8 / max(len(hues), 1)
+    for j, hue in enumerate(hues):
+        g = long[long["_hue"] == hue]
+        y = [settings.index(v) + (j - (len(hues) - 1) / 2) * step for v in g["_setting"]]
+        x = g["diff"] * s
+        err = [((g["diff"] - g["ci_low"]) * s).fillna(0), ((g["ci_high"] - g["diff"]) * s).fillna(0)]
+        ax.errorbar(x, y, xerr=err, fmt="none", ecolor=f"C{j}", capsize=2, lw=1)
+        ax.scatter(x, y, s=22, zorder=3, edgecolors=f"C{j}", label=hue or None,
+                   facecolors=[f"C{j}" if sig else "white" for sig in g["significant"]])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(settings)), settings, fontsize=7)
+    ax.set_ylim(len(settings) - 0.5, -0.5)
+    meaning = _meaning(metric, df)
+    unit = "pp" if meaning.get("unit") == "fraction" else (Measure(**meaning).suffix if meaning else "")
+    better = {True: "; higher is better", False: "; lower is better"}.get(meaning.get("higher_is_better"), "")
+    base = ", ".join(f"{k}={v}" for k, v in spec.baseline.items())
+    ax.set_xlabel(spec.xlabel or f"Δ {metric.split('/')[-1]} vs {base} ({unit})\n"
+                                 f"95 % {spec.test} interval{better}; filled: † after Holm", fontsize=8)
+
+
+KINDS = {"line": _line, "bars": _bars, "per_class": _per_class, "curves": _curves, "hist": _hist,
+         "forest": _forest}
+
+
+def _height(runs: pd.DataFrame, spec: FigureSpec) -> float:
+    if spec.kind != "forest":
+        return 3.4
+    keys = [k for k in list(spec.rows) + [spec.hue] if k in runs]
+    lines = len(runs[keys].astype(str).drop_duplicates()) if keys else 1
+    return max(3.4, 1.6 + 0.3 * lines)
 
 
 def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Path]:
@@ -179,7 +232,8 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
 
     if spec.kind not in KINDS:
         raise ValueError(f"figure {spec.name}: kind={spec.kind!r}; choose one of {', '.join(KINDS)}")
-    runs = df[(df["experiment_name"] == spec.experiment) & (df["status"] == "completed")]
+    runs, _, _ = current_runs(df[df["experiment_name"] == spec.experiment])
+    runs = runs[runs["status"] == "completed"]
     if spec.transform and len(runs):
         import hydra.utils
 
@@ -192,14 +246,15 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
     if runs.empty:
         return []
     panels = [None] if spec.kind == "bars" else spec.metrics
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), _height(runs, spec)), squeeze=False)
     for ax, metric in zip(axes[0], panels):
         KINDS[spec.kind](ax, runs, spec, metric)
-        if metric is not None and spec.kind != "hist":
+        if metric is not None and spec.kind not in ("hist", "forest"):
             ax.set_ylabel(spec.ylabel or _pretty(metric, runs))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, title=spec.hue, title_fontsize=7)
+        if ax.get_legend_handles_labels()[0] and (spec.kind != "forest" or ax is axes[0][-1]):
+            outside = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if spec.kind == "forest" else {}
+            ax.legend(fontsize=7, title=spec.hue, title_fontsize=7, **outside)
     import textwrap
 
     title = spec.title or f"{spec.experiment}: {spec.name}"

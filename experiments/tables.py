@@ -1,13 +1,17 @@
-"""Tables from run JSONs: group over seeds → mean ± std (n), best in bold, Welch t-test against a baseline.
+"""Tables from run JSONs: mean ± std (n) over seeds, best in bold, and each cell's difference to a baseline.
 
 A table spec (the `tables.<name>` node of an experiment config) says which run columns make the rows and the
-columns, which metrics fill the cells and which row/column is the baseline. Every number is recomputable
-from `load_runs(results_dir)` alone. Outputs `results/tables/<experiment>[_<name>].{md,tex,csv}`.
+columns, which metrics fill the cells and which row/column is the baseline. Comparisons with the baseline are
+paired on `pair_on` (default: the seed) or unpaired (`test: welch`), with a 95 % interval, Holm–Bonferroni
+adjusted p-values per metric and the minimum detectable effect (experiments.stats, docs/statistics.md). Only
+runs of one code version enter a table. Every number is recomputable from `load_runs(results_dir)` alone.
+Outputs `results/tables/<experiment>[_<name>].{md,tex,csv}`.
 """
 from __future__ import annotations
 
+import functools
 import math
-import warnings
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,11 +19,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from experiments import stats
 from experiments.data import atomic_write_bytes
-from experiments.trainer import LOWER_IS_BETTER
+from experiments.errors import UserError
+from experiments.metrics import Measure, family
+from experiments.results import code_version, read_record
 
-ALPHA = 0.05
+ALPHA = stats.ALPHA
 MARK = "†"
+NO_COMPARISON = {**dict.fromkeys(["n_base", "n_pairs", "diff", "ci_low", "ci_high", "boot_low", "boot_high",
+                                   "p_value", "p_holm", "mde"], np.nan), "significant": False, "test": ""}
 
 
 @dataclass
@@ -43,6 +52,8 @@ class TableSpec:
     combine_metrics: bool = False   # one table column per column key, its metrics joined " / " in one cell
     bold_metrics: list[str] | None = None  # metrics eligible for bold (default: all); e.g. leave out set sizes
     order: dict[str, list] = field(default_factory=dict)  # display order of a key's values, e.g. {loss: [ce, cce]}
+    pair_on: list[str] = field(default_factory=lambda: ["seed"])  # run columns that pair a cell with its baseline
+    test: str = "paired"            # paired (on `pair_on`) | welch (unpaired)
 
     @property
     def stem(self) -> str:
@@ -54,82 +65,199 @@ class TableSpec:
         return cls(experiment=experiment, name=name, **{k: v for k, v in node.items() if k in known})
 
 
-def higher_is_better(metric: str) -> bool:
-    return not any(t in metric.split("/")[-1] for t in LOWER_IS_BETTER)
-
-
-def _is_rate(metric: str) -> bool:
+def measure(measures: dict[str, dict], metric: str) -> Measure:
+    """The declared meaning of a table metric, read from the runs' `metric_info` (see `load_runs`)."""
     leaf = metric.split("/")[-1]
-    return "acc" in leaf or leaf.startswith("top")
+    found = measures.get(leaf) or measures.get(family(leaf))
+    if found is None:
+        raise UserError(f"table metric {metric!r}: no run declares its direction and unit (metric_info); "
+                        f"re-run with the current code or fix the metric name")
+    return Measure(**found)
 
 
-def welch_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided Welch t-test p-value; NaN when either side has fewer than 2 values or no variance at all."""
-    from scipy import stats
-
-    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
-        return float("nan")
-    with warnings.catch_warnings():  # near-identical samples: scipy warns, the p-value is still defined
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+def _scale(spec: "TableSpec", meaning: Measure) -> float:
+    return meaning.scale if spec.percent else 1.0
 
 
 def _key(values) -> tuple:
     return tuple("—" if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in values)
 
 
+def _groups(df: pd.DataFrame, keys: list[str], sort: bool) -> dict[tuple, pd.DataFrame]:
+    if not keys:
+        return {(): df}
+    return {_key(k if isinstance(k, tuple) else (k,)): g for k, g in df.groupby(keys, dropna=False, sort=sort)}
+
+
+def _baseline_of(gkey: tuple, groups: dict[tuple, pd.DataFrame], keys: list[str], spec: TableSpec) -> tuple | None:
+    base_cols = [k for k in spec.baseline if k in keys]
+    if not base_cols:
+        return None
+    bkey = list(gkey)
+    for k in base_cols:
+        bkey[keys.index(k)] = spec.baseline[k]
+    bkey = _key(bkey)
+    for candidate in groups:
+        if all(str(a) == str(b) for a, b in zip(candidate, bkey)):
+            return candidate
+    # No exact twin (e.g. baseline CE has no lower bound): match on the baseline keys and the column keys
+    # only, if that singles out one group.
+    must = [keys.index(k) for k in base_cols] + [keys.index(k) for k in spec.columns]
+    loose = [c for c in groups if all(str(c[i]) == str(bkey[i]) for i in must)]
+    return loose[0] if len(loose) == 1 else None
+
+
+def _values(g: pd.DataFrame, metric: str) -> np.ndarray:
+    vals = pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=float)
+    return vals[~np.isnan(vals)]
+
+
+def _by_pair(g: pd.DataFrame, metric: str, spec: TableSpec) -> dict:
+    """The cell's values keyed by its pairing key (runs sharing a key are averaged); by row for Welch."""
+    vals = pd.to_numeric(g[metric], errors="coerce")
+    if spec.test == "welch":
+        return {i: v for i, v in enumerate(vals) if not math.isnan(v)}
+    frame = g[list(spec.pair_on)].assign(_v=vals).dropna(subset=["_v"])
+    return frame.groupby(list(spec.pair_on))["_v"].mean().to_dict()
+
+
+def _check_pairing(df: pd.DataFrame, spec: TableSpec) -> None:
+    if spec.test not in ("paired", "welch"):
+        raise UserError(f"table {spec.stem}: test={spec.test!r}; choose paired or welch")
+    missing = [c for c in spec.pair_on if c not in df.columns] if spec.test == "paired" else []
+    if missing or (spec.test == "paired" and not spec.pair_on):
+        raise UserError(f"table {spec.stem}: pair_on={list(spec.pair_on)} but the runs have no column "
+                        f"{', '.join(missing) or '(none given)'}; name run columns to pair on, or set test: welch")
+
+
+def _cell(g: pd.DataFrame, base: pd.DataFrame | None, metric: str, spec: TableSpec) -> dict[str, Any]:
+    """One cell; `base` is its baseline group (None for the baseline itself or when it has none)."""
+    vals = _values(g, metric)
+    rec = dict(mean=vals.mean() if len(vals) else np.nan,
+               std=vals.std(ddof=1) if len(vals) > 1 else (0.0 if len(vals) else np.nan), n=len(vals),
+               **NO_COMPARISON)
+    if base is not None:
+        found = stats.compare(_by_pair(g, metric, spec), _by_pair(base, metric, spec), spec.test, ALPHA)
+        rec.update({k: v for k, v in found.as_dict().items() if k != "sd"}, n_base=len(_values(base, metric)))
+    return rec
+
+
+def _holm(long: pd.DataFrame) -> pd.DataFrame:
+    """Holm–Bonferroni over the non-baseline cells of each metric (one family per metric)."""
+    long = long.copy()
+    for _, idx in long.groupby("metric", sort=False).groups.items():
+        long.loc[idx, "p_holm"] = stats.holm(long.loc[idx, "p_value"].to_numpy(dtype=float))
+    long["significant"] = long["p_holm"].lt(ALPHA)
+    return long
+
+
 def summarize(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
-    """Long table: one row per (row key, column key, metric) with mean, std, n, p-value vs baseline."""
+    """Long table: one row per (row key, column key, metric): mean, std, n, and against the baseline the
+    difference with its interval, p-value, Holm-adjusted p-value, significance and MDE (raw units)."""
     keys = list(spec.rows) + list(spec.columns)
     for k in keys + list(spec.metrics):
         if k not in df.columns:
             df = df.assign(**{k: np.nan})
+    _check_pairing(df, spec)
+    groups = _groups(df, keys, spec.sort)
     records = []
-    groups = {_key(k if isinstance(k, tuple) else (k,)): g
-              for k, g in df.groupby(keys, dropna=False, sort=spec.sort)} if keys else {(): df}
-    base_cols = [k for k in spec.baseline if k in keys]
-
-    def baseline_of(gkey: tuple) -> tuple | None:
-        if not base_cols:
-            return None
-        bkey = list(gkey)
-        for k in base_cols:
-            bkey[keys.index(k)] = spec.baseline[k]
-        bkey = _key(bkey)
-        for candidate in groups:
-            if all(str(a) == str(b) for a, b in zip(candidate, bkey)):
-                return candidate
-        # No exact twin (e.g. baseline CE has no lower bound): match on the baseline keys and the column keys
-        # only, if that singles out one group.
-        must = [keys.index(k) for k in base_cols] + [keys.index(k) for k in spec.columns]
-        loose = [c for c in groups if all(str(c[i]) == str(bkey[i]) for i in must)]
-        return loose[0] if len(loose) == 1 else None
-
     for gkey, g in groups.items():
-        bkey = baseline_of(gkey)
-        for m in spec.metrics:
-            vals = pd.to_numeric(g[m], errors="coerce").to_numpy(dtype=float)
-            vals = vals[~np.isnan(vals)]
-            p = float("nan")
-            if bkey is not None and bkey != gkey:
-                bvals = pd.to_numeric(groups[bkey][m], errors="coerce").to_numpy(dtype=float)
-                p = welch_p(vals, bvals)
-            rec = dict(zip(keys, gkey))
-            rec.update(metric=m, mean=vals.mean() if len(vals) else np.nan,
-                       std=vals.std(ddof=1) if len(vals) > 1 else (0.0 if len(vals) else np.nan),
-                       n=len(vals), p_value=p, significant=bool(p < ALPHA) if not math.isnan(p) else False,
-                       is_baseline=bkey == gkey)
-            records.append(rec)
-    return pd.DataFrame(records)
+        bkey = _baseline_of(gkey, groups, keys, spec)
+        base = groups[bkey] if bkey not in (None, gkey) else None
+        records += [{**dict(zip(keys, gkey)), "metric": m, **_cell(g, base, m, spec), "is_baseline": bkey == gkey}
+                    for m in spec.metrics]
+    return _holm(pd.DataFrame(records)).astype({"n_base": "Int64", "n_pairs": "Int64"})
 
 
-def _fmt(mean: float, std: float, n: int, metric: str, spec: TableSpec) -> str:
-    if n == 0 or math.isnan(mean):
+def current_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, str | None]:
+    """The runs of one code version: those of the current code when a completed one exists, else those of
+    the version most completed runs have (runs without `code_version` are stale). Returns (runs, number left
+    out, the version shown when it is not the current one)."""
+    if runs.empty:
+        return runs, 0, None
+    versions = _provenance(runs)["code_version"].fillna("")
+    done = versions[runs["status"] == "completed"]
+    if done.empty:
+        return runs, 0, None
+    now = code_version()
+    keep = now if (done == now).any() else done.value_counts().index[0]
+    kept = runs[versions == keep]
+    return kept, len(runs) - len(kept), None if keep == now else (keep or "none")
+
+
+@functools.lru_cache(maxsize=None)
+def _record_provenance(path: str, mtime_ns: int) -> tuple[str | None, float]:
+    rec = read_record(Path(path)) or {}
+    history = rec.get("history")
+    return rec.get("code_version"), float(len(history)) if isinstance(history, list) else np.nan
+
+
+def _provenance(runs: pd.DataFrame) -> pd.DataFrame:
+    """`code_version` and the number of `history` epochs of each run: columns when `load_runs` gives them,
+    else read from the run JSONs (cached per file version)."""
+    if "code_version" in runs and "epochs_run" in runs:
+        return runs[["code_version", "epochs_run"]]
+    if "path" not in runs:
+        return pd.DataFrame({"code_version": None, "epochs_run": np.nan}, index=runs.index)
+    rows = [_record_provenance(p, Path(p).stat().st_mtime_ns) if Path(p).exists() else (None, np.nan)
+            for p in runs["path"]]
+    return pd.DataFrame(rows, columns=["code_version", "epochs_run"], index=runs.index)
+
+
+def last_epoch_share(done: pd.DataFrame) -> tuple[int, int]:
+    """(k, n): of n completed runs that select on a validation metric, k selected the last epoch of their
+    budget (`trainer.epochs`, or the length of `history` where the config does not say). Runs selecting
+    `last` (fixed-schedule protocols) always do and are not counted."""
+    if done.empty or "selected_epoch" not in done:
+        return 0, 0
+    if "trainer.select_metric" in done:
+        done = done[done["trainer.select_metric"] != "last"]
+    selected = pd.to_numeric(done["selected_epoch"], errors="coerce")
+    if "trainer.epochs" in done:
+        last = pd.to_numeric(done["trainer.epochs"], errors="coerce")
+    else:
+        last = _provenance(done)["epochs_run"]
+    return int((selected == last).sum()), int(selected.notna().sum())
+
+
+def _unit(spec: TableSpec, meaning: Measure) -> str:
+    if meaning.unit == "fraction":
+        return "pp" if spec.percent else ""
+    return meaning.suffix
+
+
+def _short(reason: Any, width: int = 60) -> str:
+    text = str(reason or "refused").strip().splitlines()[0].removeprefix("error: ").replace("|", "/")
+    return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+
+
+def _fmt_diff(r: pd.Series, scale: float, d: int) -> str:
+    if pd.isna(r["diff"]):
+        return ""
+
+    def num(x: float) -> str:
+        return f"{x * scale:+.{d}f}"
+
+    out = f" Δ {num(r['diff'])}"
+    if not pd.isna(r["ci_low"]):
+        out += f" [{num(r['ci_low'])}, {num(r['ci_high'])}]"
+    if not pd.isna(r["boot_low"]):
+        out += f" b[{num(r['boot_low'])}, {num(r['boot_high'])}]"
+    if r["test"] == "paired" and r["n_pairs"] != r["n"]:
+        out += f" ({int(r['n_pairs'])} pairs)"
+    return out
+
+
+def _fmt(r: pd.Series, meaning: Measure | None, spec: TableSpec, with_paper: bool) -> str:
+    """`mean ± std (n) Δ +diff [low, high]†` in the metric's display unit; `n/a — reason` when refused."""
+    if r["n"] == 0 and isinstance(r.get("refused"), str):
+        return f"n/a — {_short(r['refused'])}"
+    if r["n"] == 0 or pd.isna(r["mean"]) or meaning is None:
         return "–"
-    scale = 100.0 if spec.percent and _is_rate(metric) else 1.0
-    d = spec.digits
-    return f"{mean * scale:.{d}f} ± {std * scale:.{d}f} ({n})"
+    scale, d = _scale(spec, meaning), spec.digits
+    text = f"{r['mean'] * scale:.{d}f} ± {r['std'] * scale:.{d}f} ({r['n']})" + _fmt_diff(r, scale, d)
+    text += MARK if r["significant"] else ""
+    return text + (f" [paper {r['paper_value']}]" if with_paper and r["paper_value"] else "")
 
 
 def _paper_values(path: Path, keys: list[str]) -> dict[tuple, str]:
@@ -152,17 +280,55 @@ def write_paper_template(path: Path, long: pd.DataFrame, keys: list[str]) -> Non
     atomic_write_bytes(path, tmpl.to_csv(index=False).encode())
 
 
+def _with_refused(long: pd.DataFrame, refused: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """Cells that only refused runs fill (a loss × dataset pair that cannot run) as rows with n = 0 and the
+    reason; tables with a `transform` only count them (their keys exist after the transform only)."""
+    keys = list(spec.rows) + list(spec.columns)
+    if refused.empty or spec.transform or any(k not in refused for k in keys):
+        return long
+    have = {tuple(str(v) for v in _key(r)) for r in (long[keys].itertuples(index=False) if len(long) else [])}
+    records = []
+    for gkey, g in _groups(refused, keys, spec.sort).items():
+        if tuple(str(v) for v in gkey) in have:
+            continue
+        reason = g["error"].dropna().iloc[0] if "error" in g and g["error"].notna().any() else "refused"
+        records += [{**dict(zip(keys, gkey)), "metric": m, "mean": np.nan, "std": np.nan, "n": 0, **NO_COMPARISON,
+                     "is_baseline": False, "refused": str(reason)} for m in spec.metrics]
+    if not records:
+        return long
+    extra = pd.DataFrame(records)
+    long = pd.concat([long, extra.dropna(axis=1, how="all")], ignore_index=True) if len(long) else extra
+    return long.sort_values(keys, key=lambda c: c.map(_sort_key), kind="stable") if spec.sort and keys else long
+
+
+def _sort_key(value) -> tuple:
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def _select(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """This table's runs of one code version: (completed, refused, counts for the footer)."""
+    runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
+    runs, stale, shown = current_runs(runs)
+    if stale:
+        print(f"warning: table {spec.stem}: {stale} stale run(s) of another code version left out", file=sys.stderr)
+    status = runs["status"] if len(runs) else pd.Series(dtype=object)
+    done, refused = runs[status == "completed"], runs[status == "refused"]
+    counts = {"runs": len(done), "failed": int((status == "failed").sum()), "refused": len(refused),
+              "stale": stale, "shown": shown, "last": last_epoch_share(done)}
+    return done, refused, counts
+
+
 def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | None = None) -> dict[str, Any]:
     """Write md/tex/csv for one spec; returns counts for the summary."""
-    runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
-    failed = int((runs["status"] == "failed").sum()) if len(runs) else 0
-    done = runs[runs["status"] == "completed"] if len(runs) else runs
-    n_done = len(done)
+    done, refused, counts = _select(df, spec)
     if spec.transform and len(done):
         import hydra.utils
 
         done = hydra.utils.get_method(spec.transform)(done, spec)
-    long = summarize(done, spec) if len(done) else pd.DataFrame()
+    long = _with_refused(summarize(done, spec) if len(done) else pd.DataFrame(), refused, spec)
     keys = list(spec.rows) + list(spec.columns)
     paper = {}
     if paper_dir is not None and "paper" in spec.profiles:
@@ -175,13 +341,17 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
         long = long.assign(paper_value=[paper.get(tuple(str(r[k]) for k in keys) + (r["metric"],), "")
                                         for _, r in long.iterrows()])
     atomic_write_bytes(out_dir / f"{spec.stem}.csv", (long.to_csv(index=False) if not long.empty else "").encode())
-    md, tex = _grid(long, spec, bool(paper))
-    atomic_write_bytes(out_dir / f"{spec.stem}.md", _markdown(md, spec, n_done, failed).encode())
+    measured = not long.empty and bool((long["n"] > 0).any())
+    measures = {m: measure(df.attrs.get("measures", {}), m) for m in spec.metrics} if measured else {}
+    md, tex = _grid(long, spec, bool(paper), measures)
+    footer = _footer(long, spec, measures, counts)
+    atomic_write_bytes(out_dir / f"{spec.stem}.md", _markdown(md, spec, footer).encode())
     atomic_write_bytes(out_dir / f"{spec.stem}.tex", _latex(tex, spec).encode())
-    return {"table": str(out_dir / f"{spec.stem}.md"), "runs": n_done, "failed": failed}
+    return {"table": str(out_dir / f"{spec.stem}.md"), **{k: counts[k] for k in ("runs", "failed", "refused", "stale")}}
 
 
-def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool,
+          measures: dict[str, Measure]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Wide table of formatted cells: index = row keys, columns = (column keys…, metric)."""
     if long.empty:
         return pd.DataFrame(), pd.DataFrame()
@@ -190,17 +360,17 @@ def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool) -> tuple[pd.Dat
     long["col"] = [" · ".join([str(r[c]) for c in spec.columns] + [r[m] for m in metric_part]) or "value"
                    for _, r in long.iterrows()]
     long["row"] = [" · ".join(str(r[k]) for k in spec.rows) or "all" for _, r in long.iterrows()]
-    long["cell"] = [_fmt(r["mean"], r["std"], r["n"], r["metric"], spec) + (MARK if r["significant"] else "")
-                    + (f" [paper {r['paper_value']}]" if with_paper and r["paper_value"] else "")
-                    for _, r in long.iterrows()]
-    # best per table column (or per row) and metric, by mean; direction from the metric name
+    long["cell"] = [_fmt(r, measures.get(r["metric"]), spec, with_paper) for _, r in long.iterrows()]
+    # best per table column (or per row) and metric, by mean; direction as the metric declares it
     long["bold"] = False
     axis = "col" if spec.best == "column" else "row"
     for (metric, _), g in long.groupby(["metric", axis]):
         g = g[~g["mean"].isna()]
-        if len(g) > 1 and (spec.bold_metrics is None or metric in spec.bold_metrics):
-            shown = (g["mean"] * (100.0 if spec.percent and _is_rate(metric) else 1.0)).round(spec.digits)
-            best = shown.max() if higher_is_better(metric) else shown.min()  # ties as displayed are all bold
+        meaning = measures.get(metric)
+        if len(g) > 1 and meaning and meaning.higher_is_better is not None and (spec.bold_metrics is None
+                                                                                or metric in spec.bold_metrics):
+            shown = (g["mean"] * _scale(spec, meaning)).round(spec.digits)
+            best = shown.max() if meaning.higher_is_better else shown.min()  # ties as displayed are all bold
             long.loc[g.index[shown == best], "bold"] = True
     for key, values in reversed(list(spec.order.items())):  # stable sorts: the first key ends up primary
         rank = {str(v): i for i, v in enumerate(values)}
@@ -211,8 +381,11 @@ def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool) -> tuple[pd.Dat
     md = pd.DataFrame("–", index=rows, columns=cols)
     tex = md.copy()
     for (row, col), g in long.groupby(["row", "col"], sort=False):
+        if g["cell"].str.startswith("n/a — ").all():
+            g = g.iloc[:1]
         md.loc[row, col] = " / ".join(f"**{r['cell']}**" if r["bold"] else r["cell"] for _, r in g.iterrows())
-        tex_parts = [r["cell"].replace("±", r"$\pm$").replace(MARK, r"$^\dagger$") for _, r in g.iterrows()]
+        tex_parts = [r["cell"].replace("±", r"$\pm$").replace(MARK, r"$^\dagger$").replace("Δ", r"$\Delta$")
+                     for _, r in g.iterrows()]
         tex.loc[row, col] = " / ".join(rf"\textbf{{{c}}}" if b else c for c, b in zip(tex_parts, g["bold"]))
     return md, tex
 
@@ -220,11 +393,51 @@ def _grid(long: pd.DataFrame, spec: TableSpec, with_paper: bool) -> tuple[pd.Dat
 def _legend(spec: TableSpec) -> str:
     base = ", ".join(f"{k}={v}" for k, v in spec.baseline.items()) or "none"
     scale = " Rates in %." if spec.percent else ""
-    return (f"Cells: mean ± sample std over seeds (n runs).{scale} Bold: best per {spec.best}. "
-            f"{MARK}: differs from the baseline ({base}) by a two-sided Welch t-test over seeds, p < {ALPHA}.")
+    if spec.test == "paired":
+        on = ", ".join(spec.pair_on)
+        how = (f"mean of the per-{on} differences to the baseline ({base}), runs paired on {on}, with its 95 % "
+               f"paired-t interval [low, high]; b[…]: 95 % percentile bootstrap interval over the pairs "
+               f"({stats.N_BOOT:,} resamples), shown from {stats.MIN_BOOT} pairs on; (k pairs): fewer pairs than runs")
+    else:
+        how = f"difference of means to the baseline ({base}), unpaired, with its 95 % Welch-t interval [low, high]"
+    return (f"Cells: mean ± sample std over seeds (n runs).{scale} Δ: {how}; in the cell's unit (percentage "
+            f"points for rates). {MARK}: significant after Holm–Bonferroni correction at α = {ALPHA}, one family "
+            f"per metric (all non-baseline cells of that metric in this table). Bold: best per {spec.best}, in "
+            f"the direction the metric declares. The .csv has every p-value (raw and Holm), interval and MDE.")
 
 
-def _markdown(grid: pd.DataFrame, spec: TableSpec, n_done: int, failed: int) -> str:
+def _mde_line(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure]) -> str:
+    cells = long[~long["is_baseline"].astype(bool) & long["mde"].notna()] if "mde" in long else long.iloc[:0]
+    if cells.empty:
+        return ""
+    size, unit_n = ("n_pairs", "pairs") if spec.test == "paired" else ("n", "runs")
+    parts = []
+    for metric, g in cells.groupby("metric", sort=False):
+        meaning, d = measures[metric], spec.digits
+        v = g["mde"] * _scale(spec, meaning)
+        lo, hi = int(g[size].min()), int(g[size].max())
+        parts.append(f"{metric} {v.median():.{d}f} {_unit(spec, meaning)} (range {v.min():.{d}f}–{v.max():.{d}f}; "
+                     f"{lo if lo == hi else f'{lo}–{hi}'} {unit_n})".replace("  ", " "))
+    test = {"paired": "paired t-test", "welch": "Welch t-test"}[spec.test]
+    return (f"Minimum detectable effect ({test}, α = {ALPHA}, 80 % power; median over the non-baseline "
+            f"cells): " + "; ".join(parts) + ". With these n and this spread, the smallest true difference the "
+            f"test finds 80 % of the time: a cell without {MARK} is evidence against a difference of about this "
+            f"size or larger (before Holm correction), and says nothing about smaller ones.")
+
+
+def _footer(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure], counts: dict[str, Any]) -> list[str]:
+    k, n = counts["last"]
+    lines = [f"Completed runs: {counts['runs']}. Failed runs excluded: {counts['failed']}. "
+             f"Refused: {counts['refused']}. Stale runs left out (another code version): {counts['stale']}."]
+    if counts["shown"]:
+        lines.append(f"No run was made by the current code; shown: code_version {counts['shown']}.")
+    lines.append(f"Selected at the last epoch: {k} of {n} runs selecting on a validation metric (a high share "
+                 f"means training stopped while that metric may still have been improving).")
+    mde = _mde_line(long, spec, measures) if measures else ""
+    return lines + ([mde] if mde else [])
+
+
+def _markdown(grid: pd.DataFrame, spec: TableSpec, footer: list[str]) -> str:
     lines = [f"# {spec.title or spec.stem}", ""]
     if spec.combine_metrics:
         lines += ["Each cell: " + " / ".join(spec.metrics) + ".", ""]
@@ -236,7 +449,7 @@ def _markdown(grid: pd.DataFrame, spec: TableSpec, n_done: int, failed: int) -> 
         lines.append("|" + "---|" * (len(grid.columns) + 1))
         for idx, row in grid.iterrows():
             lines.append(f"| {idx} | " + " | ".join(row.tolist()) + " |")
-    lines += ["", _legend(spec), f"Completed runs: {n_done}. Failed runs excluded: {failed}."]
+    lines += ["", _legend(spec), ""] + footer
     if spec.notes:
         lines += ["", spec.notes.strip()]
     return "\n".join(lines) + "\n"
