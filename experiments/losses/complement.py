@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from experiments.data import Batch
 from experiments.errors import UserError
 from experiments.losses.base import EngineLoss, StepFn
-from experiments.losses.focal import as_float, fast_exp
+from experiments.losses.focal import as_float
 
 _NORMS = ("K_minus_1", "K")
 _PLACEMENTS = ("inside", "outside")
@@ -46,62 +46,60 @@ def _check_targets(logits: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError("complement entropy needs at least 2 classes (it is over the K−1 wrong classes)")
 
 
-def _shifted_complement(z: torch.Tensor, target: torch.Tensor):
-    """t = z − max_{j≠g} z_j, q = exp(t) with q_g = 0 (the wrong-class distribution unnormalised) and R = Σ q ≥ 1."""
-    m = z.scatter(1, target, float("-inf")).amax(dim=1, keepdim=True)
-    t = z - m
-    q = fast_exp(t).scatter_(1, target, 0.0)
-    return m, t, q, q.sum(dim=1, keepdim=True)
+def _complement_softmax(z: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p̃ = softmax of z with the true column masked (p̃_g = 0) and lse_rest = log Σ_{j≠g} exp(z_j), read off the
+    largest p̃ (≥ 1/(K−1), so its log is exact): lse_rest = max_{j≠g} z_j − log max_j p̃_j."""
+    masked = z.scatter(1, target, float("-inf"))
+    pt = torch.softmax(masked, dim=1)
+    return pt, masked.amax(dim=1, keepdim=True).sub_(pt.amax(dim=1, keepdim=True).log_())
 
 
 class _ComplementLoss(torch.autograd.Function):
-    """mean_i (w_ce·CE_i + w_c·Σ_{j≠g} P_ij log(P_ij + eps_log)) from one exp pass, with the closed-form gradient.
+    """mean_i (w_ce·CE_i + w_c·Σ_{j≠g} P_ij log(P_ij + eps_log)) from one softmax pass, with the closed-form gradient.
 
-    p̃ = q/R; P = κ·p̃ (inside, κ = r/(r + eps_div), r = 1 − ŷ_g = exp(log r)) or p̃ + eps_div (outside).
-    Without eps_log and additive eps the term is κ(log κ − H_c), H_c = log R − Σ p̃ t: no per-class log.
-    The gradient is q ⊙ (α + β·x) off the target column, x = t (closed form) or f'(P) = log(P+eps_log) + P/(P+eps_log).
+    P = κ·p̃ (inside, κ = r/(r + eps_div), r = 1 − ŷ_g) or p̃ + eps_div (outside). Without eps_log and additive
+    eps the term is κ(log κ − H_c), H_c = lse_rest − Σ p̃ z: no per-class log. The gradient is p̃ ⊙ (α + β·x) off
+    the target column, x = z (closed form) or f'(P) − 1 = log(P + eps_log) − eps_log/(P + eps_log); α, β and the
+    target column's value are per-sample vectors computed here, so `backward` is three elementwise passes.
     """
 
     @staticmethod
     def forward(ctx, z, target, w_ce: float, w_c: float, eps_div: float, eps_log: float, inside: bool):
         target = target[:, None]
-        m, t, q, big_r = _shifted_complement(z, target)
-        log_big_r = big_r.log()
+        pt, lse_rest = _complement_softmax(z, target)
         zg = z.gather(1, target)
-        lse = torch.logaddexp(zg, m + log_big_r)
-        log_r = m + log_big_r - lse
-        kappa = inside and eps_div > 0
-        log_c = log_r - torch.logaddexp(log_r, log_r.new_tensor(math.log(eps_div))) if kappa else None
+        ce = torch.logaddexp(zg, lse_rest).sub_(zg)
+        log_r = lse_rest - zg - ce  # log(1 − ŷ_g)
+        log_c = log_r - torch.logaddexp(log_r, log_r.new_tensor(math.log(eps_div))) if inside and eps_div else None
+        c = 1.0 if log_c is None else log_c.exp()
         add = 0.0 if inside else eps_div
         if eps_log == 0 and add == 0:
-            x, offset = t, (q * t).sum(dim=1, keepdim=True) / big_r
-            h = log_big_r - offset
-            neg = -h if log_c is None else log_c.exp() * (log_c - h)
-            t_kappa = None if log_c is None else log_c - h + 1
-        else:
-            p = q * (big_r.reciprocal() if log_c is None else log_c.exp() / big_r)
-            u = p.add_(add) + eps_log
+            x, offset = z, (pt * z).sum(dim=1, keepdim=True)
+            neg = offset - lse_rest if log_c is None else c * (log_c - lse_rest + offset)
+            t_kappa = None if log_c is None else log_c - lse_rest + offset + 1
+        else:  # u = P + eps_log; f'(P) = log u + P/u = 1 + log u − eps_log/u
+            u = torch.mul(pt, c).add_(add + eps_log)
             x = u.log()
-            neg = (p * x).sum(dim=1, keepdim=True) - add * x.gather(1, target)
-            x.add_(p.div_(u))
-            t_kappa = offset = (q * x).sum(dim=1, keepdim=True) / big_r
-        ce = lse - zg
-        ctx.save_for_backward(target, x, q, big_r, offset, log_r, ce, log_c, t_kappa)
-        ctx.weights = (w_ce / len(z), w_c / len(z))
-        return (w_ce * ce.sum() + w_c * neg.sum()) / len(z)
+            scratch = u * x
+            neg = (scratch.sum(dim=1, keepdim=True) - eps_log * x.sum(dim=1, keepdim=True)
+                   - add * x.gather(1, target))
+            x.addcdiv_(x.new_ones(()), u, value=-eps_log)
+            offset = torch.mul(pt, x, out=scratch).sum(dim=1, keepdim=True)
+            t_kappa = offset + 1
+        n = len(z)
+        loss = (torch.add(ce, neg, alpha=w_c) if w_ce else neg * w_c).sum() / n
+        if ctx.needs_input_grad[0]:
+            g_target = torch.exp(log_r).mul_(-w_ce / n)  # −a·r: the target column of the CE gradient
+            bc = c * (w_c / n)
+            if log_c is not None:  # κ depends on r: through κ the gradient is ψ·(p̃ off the target, −1 on it)
+                g_target.sub_(t_kappa * (1 - c) * torch.exp(-ce) * bc)  # ψ = ∂T/∂κ · κ(1−κ) · ŷ_g
+            ctx.save_for_backward(target, x, pt, (offset * bc).add_(g_target).neg_(), torch.as_tensor(bc, dtype=z.dtype), g_target)
+        return loss
 
     @staticmethod
     def backward(ctx, grad):
-        target, x, q, big_r, offset, log_r, ce, log_c, t_kappa = ctx.saved_tensors
-        a, b = grad * ctx.weights[0], grad * ctx.weights[1]
-        ar = a * log_r.exp()
-        if log_c is None:
-            alpha, beta, g_target = (ar - b * offset) / big_r, b / big_r, -ar
-        else:  # κ depends on r = 1 − ŷ_g: ψ = ∂T/∂κ · κ(1−κ) · ŷ_g
-            c = log_c.exp()
-            psi = t_kappa * c * (1 - c) * torch.exp(-ce)
-            alpha, beta, g_target = (ar + b * (psi - c * offset)) / big_r, b * c / big_r, -ar - b * psi
-        grad_z = (x * beta).add_(alpha).mul_(q).scatter_(1, target, g_target)
+        target, x, pt, alpha, beta, g_target = ctx.saved_tensors
+        grad_z = (x * (beta * grad)).add_(alpha * grad).mul_(pt).scatter_(1, target, g_target * grad)
         return grad_z, None, None, None, None, None, None
 
 

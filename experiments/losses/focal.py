@@ -23,16 +23,19 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def fast_exp(x: torch.Tensor) -> torch.Tensor:
+def fast_exp(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """exp(x) as exp2(x·log2 e): about 3× faster than `torch.exp` for float32 on CPU, relative error ≈ |x|·6e-8
-    (the accuracy class of PyTorch's fused softmax kernels). float64 uses `torch.exp`."""
-    return x.exp() if x.dtype == torch.float64 else torch.exp2(x * LOG2E)
+    (the accuracy class of PyTorch's fused softmax kernels). float64 uses `torch.exp`. `out` may be reused."""
+    if x.dtype == torch.float64:
+        return torch.exp(x, out=out)
+    return torch.mul(x, LOG2E, out=out).exp2_()
 
 
 def softplus_and_sigmoid(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(softplus(s), σ(s)) without log1p/softplus kernels: softplus(s) = relu(s) − log σ(|s|), σ(|s|) ∈ [½, 1], so
     it is finite and accurate (absolute error ≈ one ulp) for every finite s."""
-    return torch.relu(s).sub_(s.abs().sigmoid_().log_()), torch.sigmoid(s)
+    log_sig_abs = s.abs().sigmoid_().log_()
+    return torch.relu(s).sub_(log_sig_abs), torch.sigmoid(s, out=log_sig_abs)
 
 
 class _FocalReduce(torch.autograd.Function):
@@ -41,19 +44,21 @@ class _FocalReduce(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, ce, weight, gamma: float, scale: float):
-        one_minus = -torch.expm1(-ce)
+        neg_ce = torch.neg(ce)
+        slope = neg_ce.exp().mul_(ce).mul_(gamma)  # γ·p·ce, p = exp(−ce)
+        one_minus = neg_ce.expm1_().neg_()  # 1 − p without cancellation
         clamped = one_minus.clamp_min(1e-12) if gamma < 1 else one_minus
-        mod = clamped.pow(gamma - 1)
-        pt_ce = torch.exp(-ce).mul_(ce).mul_(gamma)
         if gamma < 1:
-            pt_ce.mul_(one_minus >= 1e-12)
-        slope = mod * (clamped + pt_ce)
-        terms = mod.mul_(clamped).mul_(ce)
+            slope.mul_(one_minus >= 1e-12)
+        mod = clamped if gamma == 2 else clamped.pow(gamma - 1)  # (1 − p)^(γ−1)
+        slope.add_(clamped).mul_(mod)  # d/dce (1 − p)^γ·ce = (1 − p)^(γ−1)·((1 − p) + γ·p·ce)
+        terms = mod * clamped
         if weight is not None:
-            terms, slope = terms.mul_(weight), slope.mul_(weight)
+            terms.mul_(weight)
+            slope.mul_(weight)
         ctx.save_for_backward(slope)
         ctx.scale = scale
-        return terms.sum() * scale
+        return torch.dot(terms, ce) * scale
 
     @staticmethod
     def backward(ctx, grad):
