@@ -228,28 +228,28 @@ class _AssumeNegative(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, target, ls: float, w_neg: float):
         target = target[:, None]
-        u = torch.sigmoid(-z)
-        arg_n = u + LOG_EPS
-        arg_p = torch.sigmoid(z).add_(LOG_EPS) if ls else None
-        arg_pg = torch.sigmoid(z.gather(1, target)).add_(LOG_EPS) if arg_p is None else arg_p.gather(1, target)
-        n_all, n_g, p_g = -arg_n.log().sum(), -arg_n.gather(1, target).log(), -arg_pg.log()
-        p_all = -arg_p.log().sum() if ls else 0.0
+        u = torch.neg(z).sigmoid_()
+        v = torch.sigmoid(z) if ls else None
+        u_g = u.gather(1, target)
+        v_g = torch.sigmoid(z.gather(1, target)) if v is None else v.gather(1, target)
+        n_g, p_g = -(u_g + LOG_EPS).log(), -(v_g + LOG_EPS).log()
+        n_all = -(u + LOG_EPS).log_().sum()
+        p_all = -(v + LOG_EPS).log_().sum() if ls else 0.0
         total = w_neg * ((1 - ls) * n_all + ls * p_all) + (((1 - ls) - w_neg * ls) * p_g
                                                              + (ls - w_neg * (1 - ls)) * n_g).sum()
-        ctx.save_for_backward(target, u, arg_n, arg_p, arg_pg)
+        ctx.save_for_backward(target, u, v, u_g, v_g)
         ctx.ls, ctx.w_neg = ls, w_neg
         return total / z.numel()
 
     @staticmethod
     def backward(ctx, grad):
-        target, u, arg_n, arg_p, arg_pg = ctx.saved_tensors
+        target, u, v, u_g, v_g = ctx.saved_tensors
         ls, w_neg, scale = ctx.ls, ctx.w_neg, grad / u.numel()
-        uv = u - u * u
-        g_n = uv / arg_n
-        g_neg = g_n if arg_p is None else g_n.mul(1 - ls).sub_(uv.div(arg_p).mul_(ls))
-        uv_g = uv.gather(1, target)
-        g_pos = g_n.gather(1, target).mul(ls) - uv_g.div(arg_pg).mul_(1 - ls)
-        return (g_neg * (scale * w_neg)).scatter_(1, target, g_pos * scale), None, None, None
+        uv = torch.rsub(u, 1).mul_(u)
+        g = uv.div(u + LOG_EPS) if v is None else uv.div(u + LOG_EPS).mul_(1 - ls).sub_(uv.div_(v + LOG_EPS), alpha=ls)
+        uv_g = u_g * v_g
+        g_pos = uv_g / (u_g + LOG_EPS) * ls - uv_g / (v_g + LOG_EPS) * (1 - ls)
+        return g.mul_(scale * w_neg).scatter_(1, target, g_pos * scale), None, None, None
 
 
 class _ExpectedPositives(torch.autograd.Function):
@@ -270,7 +270,7 @@ class _ExpectedPositives(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         target, q, q_g = ctx.saved_tensors
-        g = (q - q * q).mul_(grad * ctx.slope)
+        g = torch.rsub(q, 1).mul_(q).mul_(grad * ctx.slope)
         g_pos = (q_g * q_g - q_g).div_(q_g + LOG_EPS).mul_(grad / q.numel())
         return g.scatter_add_(1, target, g_pos), None, None, None
 

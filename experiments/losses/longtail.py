@@ -95,9 +95,9 @@ class _SigmoidFocal(torch.autograd.Function):
         target = target[:, None]
         s = z.scatter(1, target, -z.gather(1, target))
         sp, sig = softplus_and_sigmoid(s)
-        if gamma:
-            mod = sig.pow(gamma)
-            slope = sig.neg().add_(1).mul_(sp).mul_(gamma).add_(sig).mul_(mod)
+        if gamma:  # d/ds σ^γ·softplus = σ^γ·(σ + γ(1 − σ)·softplus) = σ^γ·(σ(1 − γ·softplus) + γ·softplus)
+            mod = torch.pow(sig, gamma, out=s)
+            slope = torch.mul(sp, -gamma).add_(1).mul_(sig).add_(sp, alpha=gamma).mul_(mod)
             sp.mul_(mod)
         else:
             slope = sig
