@@ -53,21 +53,22 @@ class _SimLossProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, rows, eps: float, scale: float, floor: float | None):
         p = torch.softmax(z, dim=1)
-        a = (rows * p).sum(dim=1, keepdim=True)
+        weighted = rows.mul_(p)  # S[y_i, c]·p_ic, in the gathered rows (they are this call's own copy)
+        a = weighted.sum(dim=1, keepdim=True)
         denom = a + eps
         keep = None if floor is None else denom >= floor
         log_terms = denom.log() if keep is None else denom.log().where(keep, 0.0)
-        ctx.save_for_backward(p, rows, a, denom, keep)
+        ctx.save_for_backward(p, weighted, a, denom, keep)
         ctx.scale = scale
         return -log_terms.sum() * scale, keep
 
     @staticmethod
     def backward(ctx, grad, _):
-        p, rows, a, denom, keep = ctx.saved_tensors
+        p, weighted, a, denom, keep = ctx.saved_tensors
         k = (grad * ctx.scale) / denom
         if keep is not None:
             k = k.where(keep, 0.0)
-        return rows.mul(-k).add_(a * k).mul_(p), None, None, None, None
+        return torch.mul(p, a).sub_(weighted).mul_(k), None, None, None, None
 
 
 class SimLoss(EngineLoss):
@@ -114,7 +115,7 @@ class SimLoss(EngineLoss):
                              f"{self.num_classes}×{self.num_classes} similarity matrix")
         z = logits if logits.dtype == torch.float64 else logits.float()
         s = self.similarity if z.dtype == torch.float64 else self.similarity_float
-        rows = s.index_select(0, target).to(z.dtype)
+        rows = s.to(z.dtype).index_select(0, target)
         floor = torch.finfo(z.dtype).tiny ** 0.5
         direct = self.impl == "prob" or self.eps >= floor
         loss, keep = _SimLossProb.apply(z, rows, self.eps, 1.0 / len(z), None if direct else floor)
