@@ -223,7 +223,8 @@ def epr_regularizer(q: torch.Tensor, k: float, norm: str = "2") -> torch.Tensor:
 
 class _AssumeNegative(torch.autograd.Function):
     """Σ_ij ℓ_ij/(B·C) with, for u = σ(−z) and v = σ(z): negatives w_neg·[(1−ls)·n + ls·p], the observed positive
-    (1−ls)·p + ls·n, n = −log(u + 1e-5), p = −log(v + 1e-5). ∂n/∂z = uv/(u+ε), ∂p/∂z = −uv/(v+ε)."""
+    (1−ls)·p + ls·n, n = −log(u + 1e-5), p = −log(v + 1e-5). ∂n/∂z = uv/(u+ε), ∂p/∂z = −uv/(v+ε); the gradient
+    is formed here (from u + ε before its log is taken in place), `backward` only scales it."""
 
     @staticmethod
     def forward(ctx, z, target, ls: float, w_neg: float):
@@ -232,24 +233,23 @@ class _AssumeNegative(torch.autograd.Function):
         v = torch.sigmoid(z) if ls else None
         u_g = u.gather(1, target)
         v_g = torch.sigmoid(z.gather(1, target)) if v is None else v.gather(1, target)
+        arg_n = u + LOG_EPS
+        if ctx.needs_input_grad[0]:
+            uv, uv_g = torch.rsub(u, 1).mul_(u), u_g * v_g
+            grad = uv.div_(arg_n) if v is None else uv.div(arg_n).mul_(1 - ls).sub_(uv.div_(v + LOG_EPS), alpha=ls)
+            g_pos = uv_g / (u_g + LOG_EPS) * ls - uv_g / (v_g + LOG_EPS) * (1 - ls)
+            ctx.save_for_backward(grad.mul_(w_neg / z.numel()).scatter_(1, target, g_pos / z.numel()))
         n_g, p_g = -(u_g + LOG_EPS).log(), -(v_g + LOG_EPS).log()
-        n_all = -(u + LOG_EPS).log_().sum()
+        n_all = -arg_n.log_().sum()
         p_all = -(v + LOG_EPS).log_().sum() if ls else 0.0
         total = w_neg * ((1 - ls) * n_all + ls * p_all) + (((1 - ls) - w_neg * ls) * p_g
                                                              + (ls - w_neg * (1 - ls)) * n_g).sum()
-        ctx.save_for_backward(target, u, v, u_g, v_g)
-        ctx.ls, ctx.w_neg = ls, w_neg
         return total / z.numel()
 
     @staticmethod
     def backward(ctx, grad):
-        target, u, v, u_g, v_g = ctx.saved_tensors
-        ls, w_neg, scale = ctx.ls, ctx.w_neg, grad / u.numel()
-        uv = torch.rsub(u, 1).mul_(u)
-        g = uv.div(u + LOG_EPS) if v is None else uv.div(u + LOG_EPS).mul_(1 - ls).sub_(uv.div_(v + LOG_EPS), alpha=ls)
-        uv_g = u_g * v_g
-        g_pos = uv_g / (u_g + LOG_EPS) * ls - uv_g / (v_g + LOG_EPS) * (1 - ls)
-        return g.mul_(scale * w_neg).scatter_(1, target, g_pos * scale), None, None, None
+        g, = ctx.saved_tensors
+        return g * grad, None, None, None
 
 
 class _ExpectedPositives(torch.autograd.Function):
