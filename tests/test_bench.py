@@ -1,4 +1,4 @@
-"""`make bench` on tiny sizes: every section runs, the JSON has its keys and the ratios are finite (no timing asserts)."""
+"""`make bench` on tiny sizes: every section runs, the JSON has its keys, the ratios are finite (no timing asserts)."""
 from __future__ import annotations
 
 import functools

@@ -3,12 +3,12 @@
 Notation: ŷ = softmax(z), g = true class, p̃_j = ŷ_j / (1 − ŷ_g) for j ≠ g (the wrong-class distribution),
 H_c = −Σ_{j≠g} p̃_j log p̃_j ∈ [0, log(K−1)].
 
-Numerics: with m = max_{j≠g} z_j, t = z − m and q_j = exp(t_j) (q_g = 0), R = Σ q ∈ [1, K−1], p̃ = q/R,
-H_c = log R − Σ p̃ t, CE = logaddexp(z_g, m + log R) − z_g and log(1 − ŷ_g) = m + log R − lse: one exp pass,
-exact and finite however close ŷ_g gets to 1, and a closed-form gradient (`_ComplementLoss`). The official code's
-epsilons are kept exactly: P = ŷ/((1−ŷ_g)+eps_div) = κ·p̃ with κ = (1−ŷ_g)/((1−ŷ_g)+eps_div) (v1/v2,
-`eps_placement="inside"`) or P = ŷ/(1−ŷ_g) + eps_div (current `cce.py`, `"outside"`), then P·log(P + eps_log);
-eps_log > 0 or the outside eps costs one per-class log.
+Numerics: p̃ is one softmax of the logits with the true column masked to −inf, L = log Σ_{j≠g} exp(z_j) is read
+off its largest entry, H_c = L − Σ p̃ z, CE = logaddexp(z_g, L) − z_g and log(1 − ŷ_g) = L − z_g − CE: exact and
+finite however close ŷ_g gets to 1 (no division, no NaN), with a closed-form gradient (`_ComplementLoss`). The
+official code's epsilons are kept exactly: P = ŷ/((1−ŷ_g)+eps_div) = κ·p̃ with κ = (1−ŷ_g)/((1−ŷ_g)+eps_div)
+(v1/v2, `eps_placement="inside"`) or P = ŷ/(1−ŷ_g) + eps_div (current `cce.py`, `"outside"`), then
+P·log(P + eps_log); eps_log > 0 or the outside eps costs one per-class log.
 
 `ComplementCrossEntropy(variant=...)`:
 - `paper` (default): CE + γ/(K−1) · mean_i H_c(i). γ = −1 maximises H_c (the paper's text, Holocron).
@@ -55,7 +55,7 @@ def _complement_softmax(z: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
 
 
 class _ComplementLoss(torch.autograd.Function):
-    """mean_i (w_ce·CE_i + w_c·Σ_{j≠g} P_ij log(P_ij + eps_log)) from one softmax pass, with the closed-form gradient.
+    """mean_i ([CE_i] + w_c·Σ_{j≠g} P_ij log(P_ij + eps_log)) from one softmax pass, with the closed-form gradient.
 
     P = κ·p̃ (inside, κ = r/(r + eps_div), r = 1 − ŷ_g) or p̃ + eps_div (outside). Without eps_log and additive
     eps the term is κ(log κ − H_c), H_c = lse_rest − Σ p̃ z: no per-class log. The gradient is p̃ ⊙ (α + β·x) off
@@ -64,7 +64,7 @@ class _ComplementLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, target, w_ce: float, w_c: float, eps_div: float, eps_log: float, inside: bool):
+    def forward(ctx, z, target, with_ce: bool, w_c: float, eps_div: float, eps_log: float, inside: bool):
         target = target[:, None]
         pt, lse_rest = _complement_softmax(z, target)
         zg = z.gather(1, target)
@@ -87,13 +87,14 @@ class _ComplementLoss(torch.autograd.Function):
             offset = torch.mul(pt, x, out=scratch).sum(dim=1, keepdim=True)
             t_kappa = offset + 1
         n = len(z)
-        loss = (torch.add(ce, neg, alpha=w_c) if w_ce else neg * w_c).sum() / n
+        loss = (torch.add(ce, neg, alpha=w_c) if with_ce else neg * w_c).sum() / n
         if ctx.needs_input_grad[0]:
-            g_target = torch.exp(log_r).mul_(-w_ce / n)  # −a·r: the target column of the CE gradient
+            g_target = torch.exp(log_r).mul_(-1.0 / n) if with_ce else torch.zeros_like(ce)  # CE: ŷ_g − 1 = −r
             bc = c * (w_c / n)
             if log_c is not None:  # κ depends on r: through κ the gradient is ψ·(p̃ off the target, −1 on it)
                 g_target.sub_(t_kappa * (1 - c) * torch.exp(-ce) * bc)  # ψ = ∂T/∂κ · κ(1−κ) · ŷ_g
-            ctx.save_for_backward(target, x, pt, (offset * bc).add_(g_target).neg_(), torch.as_tensor(bc, dtype=z.dtype), g_target)
+            alpha = (offset * bc).add_(g_target).neg_()
+            ctx.save_for_backward(target, x, pt, alpha, torch.as_tensor(bc, dtype=z.dtype), g_target)
         return loss
 
     @staticmethod
@@ -103,15 +104,14 @@ class _ComplementLoss(torch.autograd.Function):
         return grad_z, None, None, None, None, None, None
 
 
-def complement_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float, term_weight: float,
-                    norm: str = "K", eps_div: float = 0.0, eps_log: float = 0.0,
-                    eps_placement: str = "inside") -> torch.Tensor:
-    """mean_i (ce_weight·CE_i + term_weight/norm·Σ_{j≠g} P_j log(P_j + eps_log)); the sum is −H_c when both
-    eps are 0. P_j = p̃_j exactly, or with the official code's `eps_div` inside ((1 − ŷ_g) + eps) or outside (+ eps).
-    """
+def complement_loss(logits: torch.Tensor, target: torch.Tensor, term_weight: float, norm: str = "K",
+                    eps_div: float = 0.0, eps_log: float = 0.0, eps_placement: str = "inside",
+                    with_ce: bool = True) -> torch.Tensor:
+    """mean_i ([CE_i] + term_weight/norm·Σ_{j≠g} P_j log(P_j + eps_log)); the sum is −H_c when both eps are 0.
+    P_j = p̃_j exactly, or with the official code's `eps_div` inside ((1 − ŷ_g) + eps) or outside (+ eps)."""
     _check_targets(logits, target)
     k = logits.shape[1]
-    return _ComplementLoss.apply(as_float(logits), target.long(), float(ce_weight),
+    return _ComplementLoss.apply(as_float(logits), target.long(), with_ce,
                                  term_weight / (k - 1 if norm == "K_minus_1" else k),
                                  float(eps_div), float(eps_log), eps_placement == "inside")
 
@@ -146,12 +146,13 @@ class ComplementCrossEntropy(EngineLoss):
 
     def complement_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """mean_i Σ_{j≠g} P log P / norm (≤ 0): the quantity γ multiplies (with the variant's sign)."""
-        return complement_loss(logits, target, 0.0, 1.0, self.norm, self.eps_div, self.eps_log, self.eps_placement)
+        return complement_loss(logits, target, 1.0, self.norm, self.eps_div, self.eps_log, self.eps_placement,
+                               with_ce=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.gamma == 0:
             return F.cross_entropy(as_float(logits), target)
-        return complement_loss(logits, target, 1.0, self.sign * self.gamma, self.norm, self.eps_div, self.eps_log,
+        return complement_loss(logits, target, self.sign * self.gamma, self.norm, self.eps_div, self.eps_log,
                                self.eps_placement)
 
     def extra_repr(self) -> str:
@@ -184,7 +185,8 @@ class ComplementEntropy(EngineLoss):
         self.optimizer_names = ("main", "complement") if steps == 2 else ("main",)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return complement_loss(logits, target, 0.0, 1.0, self.norm, self.eps_div, self.eps_log, self.eps_placement)
+        return complement_loss(logits, target, 1.0, self.norm, self.eps_div, self.eps_log, self.eps_placement,
+                               with_ce=False)
 
     def objective(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """CE + complement loss: the one-step objective, and the loss reported on val/test for both modes."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from experiments.data import Meta
 from experiments.errors import UserError
 from experiments.losses.base import EngineLoss
-from experiments.losses.focal import FocalLoss, as_float, focal_loss, softplus_and_sigmoid  # noqa: F401 (FocalLoss re-exported)
+from experiments.losses.focal import FocalLoss, as_float, focal_loss, softplus_and_sigmoid  # noqa: F401 (re-export)
 from experiments.metrics import HIGHER, Accuracy, ClassAccuracy, EvalOutputs, Measure, Metric
 
 
@@ -118,9 +118,10 @@ CB_BASES = ("ce", "softmax_focal", "sigmoid", "sigmoid_focal")
 class ClassBalancedLoss(_CountsLoss):
     """w_{y}·L(z, y) with Cui's effective-number weights w_c = (1−β)/(1−β^{n_c}), normalised to sum K.
 
-    `base`: `ce` (softmax CE) | `softmax_focal` ((1−p_y)^γ·CE, `gamma`) | `sigmoid` (Cui's official `sigmoid`: per-class
-    BCE with one-hot labels, w_y on every class of the sample) | `sigmoid_focal` (Cui's official `focal`: the sigmoid BCE
-    times σ(s)^γ = exp(−γ·y·z − γ·log(1 + e^{−z}))). `focal` is a deprecated alias of `softmax_focal`.
+    `base`: `ce` (softmax CE) | `softmax_focal` ((1−p_y)^γ·CE, `gamma`) | `sigmoid` (Cui's official `sigmoid`:
+    per-class BCE with one-hot labels, w_y on every class of the sample) | `sigmoid_focal` (Cui's official `focal`:
+    the sigmoid BCE times σ(s)^γ = exp(−γ·y·z − γ·log(1 + e^{−z}))). `focal` is a deprecated alias of
+    `softmax_focal`.
     `reduction`: mean (Σ_i w_i L_i / N; for the sigmoid bases N is the number of positive labels, Cui's
     `reduce_sum(loss)/reduce_sum(labels)`) | weighted_mean (Σ w_i L_i / Σ w_i, PyTorch `weight=` as in LDAM-DRW).
     (The PyTorch port vandit15/Class-balanced-loss-pytorch divides its `sigmoid` base by N·K instead.)"""

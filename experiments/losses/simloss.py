@@ -47,7 +47,7 @@ def validate_similarity(similarity: Any, num_classes: int | None = None, atol: f
 
 
 class _SimLossProb(torch.autograd.Function):
-    """(scale·Σ_i −log(A_i + eps), keep) with A_i = Σ_c S[y_i,c]·softmax(z_i)_c and gradient p ⊙ (A − S[y_i])/(A + eps)·scale.
+    """(scale·Σ_i −log(A_i + eps), keep), A_i = Σ_c S[y_i,c]·softmax(z_i)_c; gradient scale·p ⊙ (A − S[y_i])/(A + eps).
     With a `floor`, rows with A_i + eps < floor are left out (their term and gradient are 0) and flagged in `keep`."""
 
     @staticmethod
