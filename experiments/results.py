@@ -1,8 +1,9 @@
 """The results store: one JSON per run under `<results_dir>/runs/<experiment_name>/<run_id>.json`.
 
 `run_id` hashes the resolved config without volatile keys (paths, device, display, sweep/table specs), so
-the same experiment on another machine or data location is the same run. Writes are atomic (temp + rename).
-`load_runs(results_dir)` is the one API for tables, plots and notebooks.
+the same experiment on another machine or data location is the same run. Writes are atomic (temp + fsync +
+rename). `load_runs(results_dir)` is the one API for tables, plots and notebooks; it skips an unreadable run JSON
+with one warning line naming it. Claims of runs being trained live in `<results_dir>/claims/` (experiments.claims).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.data import atomic_write_bytes
+from experiments.checkpoint import atomic_write
+from experiments.errors import warn
 
 SCHEMA_VERSION = 1
 
@@ -24,7 +26,7 @@ VOLATILE_KEYS = (
     "results_dir", "data_dir", "debug", "optimized_metric", "sweep_values", "figures", "sweeps", "tables", "profile",
     "dataset.root", "dataset.download", "dataset.num_workers",
     "trainer.device", "trainer.progress", "trainer.num_workers", "trainer.cpu_threads", "trainer.interrupt_after",
-    "trainer.keep_checkpoint", "trainer.eval_batch_size",
+    "trainer.keep_checkpoint", "trainer.eval_batch_size", "trainer.claim_timeout_s",
 )
 
 
@@ -60,16 +62,29 @@ def work_dir(results_dir: str | Path, experiment_name: str, run_id: str) -> Path
     return Path(results_dir) / "work" / experiment_name / run_id
 
 
+def claim_path(results_dir: str | Path, experiment_name: str, run_id: str) -> Path:
+    return Path(results_dir) / "claims" / experiment_name / f"{run_id}.claim"
+
+
 def write_record(path: Path, record: dict) -> None:
     payload = json.dumps(record, indent=1, sort_keys=False, allow_nan=True, default=str).encode()
-    atomic_write_bytes(Path(path), payload)
+    atomic_write(Path(path), payload)
 
 
-def read_record(path: Path) -> dict | None:
+def read_record(path: Path, warn_unreadable: bool = False) -> dict | None:
+    """The run record at `path`; None if there is none or it is unreadable (then one warning line if asked)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(Path(path).read_text())
+        if isinstance(record, dict):
+            return record
+        problem = "not a JSON object"
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if warn_unreadable:
+        warn(f"run record {path} is unreadable ({problem}); skipped (its run is re-run when its config runs again)")
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,7 +170,7 @@ def load_runs(results_dir: str | Path, experiment: str | None = None) -> pd.Data
     pattern = f"{experiment}/*.json" if experiment else "*/*.json"
     rows, measures = [], {}
     for path in sorted(root.glob(pattern)):
-        rec = read_record(path)
+        rec = read_record(path, warn_unreadable=True)
         if rec is None:
             continue
         measures.update(rec.get("metric_info") or {})

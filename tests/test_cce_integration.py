@@ -71,7 +71,7 @@ def test_cifar_fixture_pickles_train(train_run, tmp_path):
                         "dataset.imbalance.ratio=10", "loss=cce", "model=small_cnn", "model.width=8",
                         "trainer.epochs=1", "trainer.batch_size=64", *FAST, shrink=False)
         _ok(rec)
-        assert rec["config"]["optim"]["milestones"] == [100, 150]  # the cce_code preset
+        assert rec["config"]["schedule"]["milestones"] == [100, 150]  # the cce_code preset
         assert rec["data"]["n_test"] == (30 if ds == "cifar10" else 200)
 
 
@@ -87,7 +87,7 @@ def test_road_marking_fixture_trains(train_run, tmp_path):
 
 def test_ldam_preset_reports_last_epoch(train_run):
     rec = train_run("preset=ldam", "dataset=synthetic_cifar10", "model=small_cnn", "model.width=8",
-                    "dataset.imbalance.ratio=10", "loss=ldam_drw", "trainer.epochs=2", "optim.warmup_epochs=1")
+                    "dataset.imbalance.ratio=10", "loss=ldam_drw", "trainer.epochs=2", "schedule.warmup_epochs=1")
     _ok(rec)
     assert rec["data"]["n_val"] == 0 and rec["selected_epoch"] == 2
-    assert rec["config"]["optim"]["factors"] == [0.01, 0.0001] and rec["config"]["optim"]["weight_decay"] == 2e-4
+    assert rec["config"]["schedule"]["factors"] == [0.01, 0.0001] and rec["config"]["optim"]["weight_decay"] == 2e-4

@@ -52,7 +52,10 @@ def test_nan_loss_fails_the_run_with_a_record(tmp_path, data_dir):
     ("+trainer.patiance=3", "trainer.patiance"),
     ("+loss.gama=2", "loss.gama"),
     ("trainer.select_metric=test/accuracy", "never on test"),
-    ("optim.name=rmsprop", "optim.name"),
+    ("optim._target_=torch.optim.NoSuch", "optim._target_"),
+    ("+optim.gamma=0.5", "schedule.gamma"),
+    ("optim.lr=-1", "optim.lr"),
+    ("schedule.warmup_epochs=-1", "schedule.warmup_epochs"),
     ("trainer.epochs=0", "trainer.epochs"),
     ("dataset.imbalance={ratio: 0.5}", "dataset.imbalance.ratio"),
 ])
