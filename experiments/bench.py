@@ -3,8 +3,9 @@
 Sections (`SECTIONS`, run in order; append `(name, fn)` to `EXTRA` to add one, its result lands under
 `extra/<name>`):
 
-1. losses: every loss, forward + backward on a leaf logits tensor, B = 1024, at C = 100 and C = 1081, as the
-   ratio of its median time to `F.cross_entropy`'s (interleaved repeats, one thread under `make bench`).
+1. losses: every loss, forward + backward on a leaf logits tensor, B = 1024, at C = 100 and C = 1081: the median
+   over interleaved rounds of its time / `F.cross_entropy`'s timed just before it (thread CPU time, one thread
+   under `make bench`).
    `two_head` is the whole two-head loss (softmax head A plus multi-label head B with its pseudo-labels);
    `two_head_extra` = (two_head − CE on A) / CE on A, its cost over the softmax head alone. Logits are
    3·N(0, 1) (LDAM: cosine logits in [−1, 1], which its s = 30 assumes; 30·3·N(0, 1) would time denormals).
@@ -100,34 +101,40 @@ def _on_own_logits(loss: LossCase, logits: torch.Tensor) -> LossCase:
     return case
 
 
-def median_times(cases: dict[str, LossCase], z: torch.Tensor, y: torch.Tensor, repeats: int, inner: int) -> dict:
-    """Median CPU seconds of this thread per forward+backward call of each case, measured in interleaved rounds
-    (thread CPU time, so other processes on the machine do not inflate it)."""
-    for fn in cases.values():
+def _seconds(fn: LossCase, z: torch.Tensor, y: torch.Tensor, inner: int) -> float:
+    t = time.thread_time()
+    for _ in range(inner):
+        fn(z, y).backward()
+        z.grad = None
+    return (time.thread_time() - t) / inner
+
+
+def paired_ratios(cases: dict[str, LossCase], reference: LossCase, z: torch.Tensor, y: torch.Tensor, repeats: int,
+                  inner: int) -> tuple[dict[str, float], float]:
+    """Median over rounds of time(case) / time(reference), the reference timed right before each case so load
+    changes on the machine cancel; thread CPU time per forward+backward call. Also the reference's median seconds."""
+    for fn in (reference, *cases.values()):
         fn(z, y).backward()
     z.grad = None
-    times: dict[str, list[float]] = {name: [] for name in cases}
+    ratios: dict[str, list[float]] = {name: [] for name in cases}
+    ref: list[float] = []
     for _ in range(repeats):
         for name, fn in cases.items():
-            t = time.thread_time()
-            for _ in range(inner):
-                fn(z, y).backward()
-                z.grad = None
-            times[name].append((time.thread_time() - t) / inner)
-    return {name: statistics.median(v) for name, v in times.items()}
+            ref.append(_seconds(reference, z, y, inner))
+            ratios[name].append(_seconds(fn, z, y, inner) / ref[-1])
+    return {name: statistics.median(v) for name, v in ratios.items()}, statistics.median(ref)
 
 
-def bench_losses(batch: int = 1024, classes: tuple[int, ...] = CLASSES, repeats: int = 15, inner: int = 4) -> dict:
+def bench_losses(batch: int = 1024, classes: tuple[int, ...] = CLASSES, repeats: int = 15, inner: int = 3) -> dict:
     out: dict[str, dict] = {}
     for c in classes:
         g = torch.Generator().manual_seed(c)
         z = (torch.randn(batch, c, generator=g) * 3).requires_grad_()
         y = torch.randint(0, c, (batch,), generator=g)
-        cases = {"F.cross_entropy": lambda a, b: F.cross_entropy(a, b), **loss_cases(long_tail_meta(c), batch)}
-        med = median_times(cases, z, y, repeats, inner)
-        ce = med["F.cross_entropy"]
-        ratios = {name: round(t / ce, 2) for name, t in med.items() if name != "F.cross_entropy"}
-        ratios["two_head_extra"] = round((med["two_head"] - ce) / ce, 2)
+        ratios, ce = paired_ratios(loss_cases(long_tail_meta(c), batch), lambda a, b: F.cross_entropy(a, b), z, y,
+                                   repeats, inner)
+        ratios = {name: round(r, 2) for name, r in ratios.items()}
+        ratios["two_head_extra"] = round(ratios["two_head"] - 1, 2)
         out[f"C={c}"] = {"cross_entropy_us": round(ce * 1e6, 1), "ratio_to_cross_entropy": ratios}
     out["batch"] = batch
     return out
