@@ -15,7 +15,7 @@ file's (relative path, size, mtime_ns): a changed, added, removed or touched sou
 cache is rebuilt (older signatures of the same cache are then removed). Size + mtime_ns was chosen over a
 content hash because it costs one `stat` per file, not a read of every image (a rewrite that keeps size and
 mtime_ns is not detected). The stand-ins list their generator modules as sources. An unreadable (e.g. truncated)
-cache is reported in one `warning:` line on stderr, renamed to `<file>.corrupt` (kept, not deleted) and rebuilt.
+cache is reported in one `warning:` line on stderr, renamed to `<file>.corrupt-<timestamp>` (kept, not deleted) and rebuilt.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,10 +380,9 @@ def _load(path: Path) -> Any:
     try:
         return torch.load(path, weights_only=False)
     except Exception as e:  # noqa: BLE001 — any unreadable cache is moved aside and rebuilt
-        aside = path.with_name(path.name + ".corrupt")
-        os.replace(path, aside)
-        print(f"warning: cache {path} is unreadable ({type(e).__name__}); moved to {aside.name} and rebuilt",
-              file=sys.stderr)
+        from experiments.checkpoint import set_aside
+
+        set_aside(path, f"cache, {type(e).__name__}", "rebuilt")
         return _MISSING
 
 
@@ -396,7 +394,7 @@ def _remove_stale(path: Path) -> None:
         return
     stale = re.compile(re.escape(mine["stem"]) + r"_src(?!" + path.stem[-12:] + r")[0-9a-f]{12}(\..*)?$")
     for other in path.parent.iterdir():
-        if stale.match(other.name) and not other.name.endswith(".corrupt"):
+        if stale.match(other.name) and ".corrupt" not in other.name:
             other.unlink(missing_ok=True)
 
 

@@ -93,6 +93,15 @@ def _check_name(name: Any) -> None:
                         f"starting with a dot, no / or \\), e.g. experiment_name=my_study")
 
 
+def _folder_name(name: Any) -> str:
+    """OmegaConf resolver `${folder_name:${experiment_name}}`: the name, refused before Hydra makes a folder of it."""
+    _check_name(name)
+    return name
+
+
+OmegaConf.register_new_resolver("folder_name", _folder_name, replace=True)
+
+
 def build_schedule(cfg: DictConfig) -> Schedule:
     """The learning-rate schedule of `cfg.schedule` (a `_target_` node of conf/schedule/); constant if absent."""
     node = cfg.get("schedule")
@@ -321,6 +330,15 @@ def main(cfg: DictConfig) -> Any:
         sys.exit(130)
 
 
+def _chain(ex: BaseException):
+    """An exception, its causes and contexts (OmegaConf wraps a resolver's own error)."""
+    seen = set()
+    while ex is not None and id(ex) not in seen:
+        seen.add(id(ex))
+        yield ex
+        ex = ex.__cause__ or ex.__context__
+
+
 def _one_line_errors() -> None:
     """Hydra's own errors (unknown override key, missing config option) as one `error:` line too."""
     import hydra._internal.utils as hydra_utils
@@ -333,6 +351,10 @@ def _one_line_errors() -> None:
         try:
             return func()
         except Exception as ex:
+            cause = next((e for e in _chain(ex) if isinstance(e, UserError)), None)
+            if cause is not None:
+                print(f"error: {cause}", file=sys.stderr)
+                sys.exit(2)
             text = str(ex).split("Config search path")[0]
             parts = [p.strip().rstrip(".:") for p in text.splitlines() if p.strip()]
             print(f"error: {'; '.join(parts) or type(ex).__name__} (LOSSLAB_DEBUG=1 shows the traceback)",

@@ -56,8 +56,9 @@ def test_losses_one_epoch_on_stand_in(train_run, loss):
 
 def test_stand_in_100_classes_rho_100(train_run):
     """The experiment's 100-class sweep item (110 per class, 10 held out) at smoke scale 0.25: N_max = 28 − 10."""
-    rec = train_run("experiment=cce_imbalanced", "dataset=synthetic_cifar", "dataset.n_train_per_class=110",
-                    "dataset.val_per_class=10", "dataset.imbalance.ratio=100", "loss=cce")
+    rec = train_run("experiment=cce_imbalanced_c100", "dataset=synthetic_cifar", "dataset.n_train_per_class=110",
+                    "dataset.val_per_class=10", "dataset.val_fraction=0.0", "dataset.imbalance.ratio=100",
+                    "loss=cce")
     _ok(rec)
     assert rec["data"]["train_class_counts"] == [int(18 * 0.01 ** (i / 99)) for i in range(100)]
     assert rec["data"]["n_val"] == 1000
