@@ -93,6 +93,22 @@ def _check_name(name: Any) -> None:
                         f"starting with a dot, no / or \\), e.g. experiment_name=my_study")
 
 
+PAIRING_KEYS = ("seed", "dataset.split_seed", "dataset.imbalance.seed", "dataset.seed")
+
+
+def pairing_key(resolved: dict) -> dict[str, Any]:
+    """What two runs of a table share when their keys agree: the training seed (batch order, augmentation
+    stream, initial weights of an identical architecture) and the data draws (split, imbalance, generator)."""
+    out = {}
+    for dotted in PAIRING_KEYS:
+        node: Any = resolved
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            out[dotted] = node
+    return out
+
+
 def _folder_name(name: Any) -> str:
     """OmegaConf resolver `${folder_name:${experiment_name}}`: the name, refused before Hydra makes a folder of it."""
     _check_name(name)
@@ -184,7 +200,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, log=print) -> di
         return done
     base = {"schema": store.SCHEMA_VERSION, "run_id": run_id, "experiment_name": cfg.experiment_name,
             "dataset": choices.get("dataset"), "model": choices.get("model"), "loss": choices.get("loss"),
-            "seed": cfg.seed, "config": resolved, "choices": choices}
+            "seed": cfg.seed, "config": resolved, "choices": choices, "pairing": pairing_key(resolved)}
     claim = Claim(store.claim_path(results_dir, cfg.experiment_name, run_id), tcfg.claim_timeout_s)
     try:
         holder = claim.acquire()
