@@ -15,20 +15,10 @@ from experiments.errors import UserError
 from experiments.losses.base import EngineLoss
 
 
-LOG2E = 1.4426950408889634
-
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """float32 for half/bfloat16 (autocast) logits; float64 stays float64 (exact tests)."""
     return x if x.dtype == torch.float64 else x.float()
-
-
-def fast_exp(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """exp(x) as exp2(x·log2 e): about 3× faster than `torch.exp` for float32 on CPU, relative error ≈ |x|·6e-8
-    (the accuracy class of PyTorch's fused softmax kernels). float64 uses `torch.exp`. `out` may be reused."""
-    if x.dtype == torch.float64:
-        return torch.exp(x, out=out)
-    return torch.mul(x, LOG2E, out=out).exp2_()
 
 
 def softplus_and_sigmoid(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
