@@ -15,7 +15,6 @@ from experiments.errors import UserError
 from experiments.losses.base import EngineLoss
 
 
-
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """float32 for half/bfloat16 (autocast) logits; float64 stays float64 (exact tests)."""
     return x if x.dtype == torch.float64 else x.float()
