@@ -76,15 +76,16 @@ def test_simloss_age_preset(train_run):
 
 
 def test_simloss_cifar_preset_uses_the_stand_in_class_vectors(train_run, compose):
-    rec = train_run("experiment=simloss_cifar", "loss.lower_bound=0.5")
+    rec = train_run("experiment=simloss_cifar", "loss.lower_bound=0.2")
     assert_completed(rec, "test/superclass_accuracy", "test/failed_superclass_accuracy")
-    cfg, _ = compose("experiment=simloss_cifar", "loss.lower_bound=0.5")
+    cfg, _ = compose("experiment=simloss_cifar", "loss.lower_bound=0.2")
     data, loss, _, _ = build_components(cfg)
     assert loss.source["file"] == str(Path(data.meta.extras["class_vectors_path"]).resolve())
     sup = data.meta.superclass
     same = (sup[:, None] == sup[None, :]) & ~torch.eye(100, dtype=torch.bool)
     other = sup[:, None] != sup[None, :]
-    assert loss.similarity[same].mean() > 0.3 > 0.05 > loss.similarity[other].mean()
+    within, between = loss.similarity[same].mean(), loss.similarity[other].mean()
+    assert within > 0.15 > between and within > 3 * between   # calibrated word2vec-like profile (docs/simloss.md)
 
 
 def test_natural_similarity_of_the_stand_ins(compose):
@@ -101,7 +102,7 @@ def test_presets_declare_sweeps_and_tables(compose, name):
     cfg, choices = compose(f"experiment={name}", shrink=False)
     assert cfg.experiment_name == name and cfg.sweeps and cfg.tables.main.metrics
     paper = name.endswith("_paper")
-    assert list(cfg.tables.main.profiles) == (["paper"] if paper else ["smoke", "default"])
+    assert list(cfg.tables.main.profiles) == (["paper"] if paper else ["smoke", "default", "full"])
     if paper:
         assert cfg.trainer.batch_size == 1024 and cfg.optim.lr == 1e-3 and cfg.tables.main.requires_data
         assert choices["model"] == ("simloss_age_cnn" if "age" in name else "lenet")
