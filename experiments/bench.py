@@ -46,11 +46,16 @@ def long_tail_meta(num_classes: int, n_max: int = 500, rho: float = 100.0) -> Me
 
 def loss_cases(meta: Meta, batch: int) -> dict[str, LossCase]:
     """name -> fn(logits, target), every loss of the suite built through its public constructor and `bind(meta)`."""
-    from average_k.losses import AssumeNegative, ExpectedPositives, RegularizedOnlineLabelEstimation, TwoHeadLoss
+    from hydra.utils import get_class
+
     from experiments.losses import ComplementCrossEntropy, ComplementEntropy, CrossEntropy, SimLoss
     from experiments.losses.longtail import (BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss,
                                              LogitAdjustedLoss)
 
+    # the task package's losses reach the engine by their config `_target_`, as in a run
+    AssumeNegative, ExpectedPositives, RegularizedOnlineLabelEstimation, TwoHeadLoss = (
+        get_class(f"average_k.losses.{n}") for n in ("AssumeNegative", "ExpectedPositives",
+                                                     "RegularizedOnlineLabelEstimation", "TwoHeadLoss"))
     c = meta.num_classes
     idx = torch.arange(c, dtype=torch.float64)
     ordinal = 0.5 ** (idx[:, None] - idx[None, :]).abs()
