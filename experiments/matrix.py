@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.data import atomic_write_bytes
-from experiments.tables import measure
+from experiments.tables import current_runs, measure
 
 
 def only(runs: pd.DataFrame, spec) -> pd.DataFrame:
@@ -25,7 +25,7 @@ def only(runs: pd.DataFrame, spec) -> pd.DataFrame:
 def rank_frame(df: pd.DataFrame, headline: dict[str, str], experiment: str) -> pd.DataFrame:
     """Rows = losses, columns = datasets: the rank (1 = best, ties averaged) of the loss's mean headline metric
     over completed seeds, or the refusal reason; plus `mean rank` over the datasets where the loss ran."""
-    runs = df[df["experiment_name"] == experiment]
+    runs, _, _ = current_runs(df[df["experiment_name"] == experiment])
     ranks: dict[str, pd.Series] = {}
     for dataset, metric in headline.items():
         here = runs[runs["dataset"] == dataset]

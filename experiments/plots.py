@@ -42,7 +42,7 @@ class FigureSpec:
     xlabel: str | None = None
     ylabel: str | None = None
     logx: bool = False
-    profiles: list[str] = field(default_factory=lambda: ["smoke", "default", "paper"])
+    profiles: list[str] = field(default_factory=lambda: ["smoke", "default", "full", "paper"])
     rows: list[str] = field(default_factory=list)          # forest: the settings (one line each)
     baseline: dict[str, Any] = field(default_factory=dict)  # forest: what every cell is compared with
     pair_on: list[str] = field(default_factory=lambda: ["seed"])
@@ -212,8 +212,15 @@ def _forest(ax, df, spec, metric):
                                  f"95 % {spec.test} interval{better}; filled: † after Holm", fontsize=8)
 
 
+def _heatmap(ax, df, spec, _metric):
+    """The rank of each loss (rows) per dataset (columns) by `options.headline` (experiments.matrix)."""
+    from experiments.matrix import rank_heatmap
+
+    rank_heatmap(ax, df, spec, spec.options["headline"])
+
+
 KINDS = {"line": _line, "bars": _bars, "per_class": _per_class, "curves": _curves, "hist": _hist,
-         "forest": _forest}
+         "forest": _forest, "heatmap": _heatmap}
 
 
 def _height(runs: pd.DataFrame, spec: FigureSpec) -> float:
@@ -245,7 +252,7 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
             runs = runs[runs[k].map(_canon).isin(allowed)]
     if runs.empty:
         return []
-    panels = [None] if spec.kind == "bars" else spec.metrics
+    panels = [None] if spec.kind in ("bars", "heatmap") else spec.metrics
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), _height(runs, spec)), squeeze=False)
     for ax, metric in zip(axes[0], panels):
         KINDS[spec.kind](ax, runs, spec, metric)

@@ -54,6 +54,8 @@ class TableSpec:
     order: dict[str, list] = field(default_factory=dict)  # display order of a key's values, e.g. {loss: [ce, cce]}
     pair_on: list[str] = field(default_factory=lambda: ["seed"])  # run columns that pair a cell with its baseline
     test: str = "paired"            # paired (on `pair_on`) | welch (unpaired)
+    renderer: str | None = None     # dotted fn(df, spec, out_dir, paper_dir) -> summary, for a table of its own kind
+    footer: str | None = None       # dotted fn(spec) -> list of lines printed under the table
 
     @property
     def stem(self) -> str:
@@ -323,10 +325,12 @@ def _select(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFra
 
 def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | None = None) -> dict[str, Any]:
     """Write md/tex/csv for one spec; returns counts for the summary."""
+    import hydra.utils
+
+    if spec.renderer:
+        return hydra.utils.get_method(spec.renderer)(df, spec, out_dir, paper_dir)
     done, refused, counts = _select(df, spec)
     if spec.transform and len(done):
-        import hydra.utils
-
         done = hydra.utils.get_method(spec.transform)(done, spec)
     long = _with_refused(summarize(done, spec) if len(done) else pd.DataFrame(), refused, spec)
     keys = list(spec.rows) + list(spec.columns)
@@ -345,6 +349,8 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
     measures = {m: measure(df.attrs.get("measures", {}), m) for m in spec.metrics} if measured else {}
     md, tex = _grid(long, spec, bool(paper), measures)
     footer = _footer(long, spec, measures, counts)
+    if spec.footer:
+        footer += list(hydra.utils.get_method(spec.footer)(spec))
     atomic_write_bytes(out_dir / f"{spec.stem}.md", _markdown(md, spec, footer).encode())
     atomic_write_bytes(out_dir / f"{spec.stem}.tex", _latex(tex, spec).encode())
     return {"table": str(out_dir / f"{spec.stem}.md"), **{k: counts[k] for k in ("runs", "failed", "refused", "stale")}}

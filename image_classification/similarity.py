@@ -193,6 +193,13 @@ def stand_in_similarity(kind: str = "word2vec_like", seed: int = 0) -> tuple[tor
     return cosine, meta.superclass
 
 
+def stand_in_footer(spec) -> list[str]:
+    """Table footer hook (`footer:` of the SimLoss CIFAR table): the S statistics of the stand-in's class vectors."""
+    cosine, superclass = stand_in_similarity()
+    return ["Similarity S of the stand-in's class vectors (word2vec-like calibration, docs/simloss.md): "
+            + format_stats(similarity_stats(cosine, superclass)).replace("\n", "; ")]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m image_classification.similarity stats [--stand-in KIND --seed N | --embeddings F --cifar D]`."""
     import argparse
