@@ -7,8 +7,8 @@ code (fiveai/making-better-mistakes) computes them, on the two-level class/super
   node at depth h weighs exp(−α·h) / Z, Z = Σ over every node of the tree, root included, of exp(−α·depth). On
   the two-level tree: λ₂·(−log p_y/P_s) + λ₁·(−log P_s), Z = 1 + S·e^{−α} + C·e^{−2α}. Computed in the log domain.
 - `SoftLabels` (`make_all_soft_labels` + `nn.KLDivLoss()`): t_y[c] = exp(−β·D[c,y]) / Σ_a exp(−β·D[a,y]), D the
-  tree distance divided by its maximum; loss = KL(t ‖ softmax(z)); the official `nn.KLDivLoss()` default reduction
-  averages over the N·C entries (`reduction: mean`), `batchmean` averages per sample.
+  tree distance divided by its maximum (β = 0: one-hot); loss = KL(t ‖ softmax(z)); the official
+  `nn.KLDivLoss()` default reduction averages over the N·C entries (`reduction: mean`), `batchmean` per sample.
 - `HierarchicalDistance` (`run_xent.py`): `hdist@k` = mean over samples and their top-k classes of d(ŷ_j, y)
   ("average hierarchical distance @k"); `hdist_mistakes@k` = the same over samples whose top-1 is wrong
   (at k = 1: the mistake severity). The ranking is that of `EvalOutputs.logits` (as top-k accuracy).
@@ -41,7 +41,10 @@ def hxe_weights(superclass: torch.Tensor, alpha: float) -> tuple[float, float]:
 
 
 def soft_label_matrix(superclass: torch.Tensor, beta: float) -> torch.Tensor:
-    """C×C, column y = the soft label of class y (official layout: `soft_labels[:, y]`)."""
+    """C×C, column y = the soft label of class y (official layout: `soft_labels[:, y]`); β = 0 gives one-hot
+    labels, as the official `opts.soft_labels = opts.beta != 0`."""
+    if beta == 0:
+        return torch.eye(int(superclass.numel()), dtype=torch.float64)
     d = tree_distance(superclass).double()
     d = d / d.max().clamp_min(1)
     e = torch.exp(-beta * d)

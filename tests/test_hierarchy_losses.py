@@ -77,6 +77,14 @@ def test_soft_labels_are_the_official_exponential_of_the_normalised_tree_distanc
     assert batch(z, y).item() == pytest.approx((kl / 3).item(), rel=1e-5)
 
 
+def test_soft_labels_at_beta_zero_are_one_hot_as_the_official_switch():
+    loss = SoftLabels(beta=0.0)
+    loss.bind(meta())
+    z, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 4])
+    assert torch.equal(loss.labels, torch.eye(5))
+    assert loss(z, y).item() == pytest.approx(torch.nn.functional.cross_entropy(z, y).item() / 5, rel=1e-5)
+
+
 def test_losses_refuse_a_dataset_without_superclasses():
     flat = Meta(num_classes=5, class_names=list("abcde"), class_counts=torch.ones(5))
     for loss in (HXE(0.1), SoftLabels(5.0)):
