@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.data import atomic_write_bytes
+from experiments.results import code_version
 from experiments.tables import current_runs, measure
 
 
@@ -76,7 +77,7 @@ def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None =
         lines += [f"| {loss} | " + " | ".join(_cell(v) for v in row) + " |" for loss, row in table.iterrows()]
     lines += ["", "Rank 1 = best mean over seeds of: " + ", ".join(f"{d}: {m}" for d, m in headline.items())
               + " (direction as each metric declares it; ties share the average rank). Mean rank over the datasets"
-              " where the loss ran."]
+              " where the loss ran.", f"Runs made by code version {code_version()} (experiments.results.code_version)."]
     atomic_write_bytes(out_dir / f"{spec.stem}.md", ("\n".join(lines) + "\n").encode())
     tex = table.map(_cell).to_latex(escape=True) if not table.empty else "% no completed runs\n"
     atomic_write_bytes(out_dir / f"{spec.stem}.tex", tex.encode())

@@ -102,19 +102,24 @@ def git_commit() -> str:
 
 ROOT = Path(__file__).resolve().parent.parent
 # What can change a result: the engine, the task packages and the config tree; not how results are shown.
-CODE_DIRS = ("experiments", "age_estimation", "image_classification", "average_k", "conf")
+CODE_DIRS = ("experiments", "age_estimation", "image_classification", "average_k")
 PRESENTATION = ("experiments/tables.py", "experiments/plots.py", "experiments/reproduce.py", "experiments/bench.py",
-                "experiments/plan.py", "experiments/progress.py", "experiments/callbacks.py")
+                "experiments/bench_runs.py", "experiments/plan.py", "experiments/progress.py",
+                "experiments/callbacks.py", "experiments/matrix.py", "experiments/stats.py", "experiments/tuning.py",
+                "experiments/runner.py", "average_k/tables.py")
+ENGINE_READ_CONFIG = ("conf/metrics",)   # config the engine reads outside the composed run config
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """sha256 (16 hex) over the path and bytes of every .py/.yaml file that can change a result (table,
-    figure and driver code excluded), read from the working tree, so uncommitted edits count."""
+    """sha256 (16 hex) over the path and bytes of every source file that can change a result, read from the
+    working tree so uncommitted edits count: the .py files of the engine and task packages (table, figure and
+    driver code excluded) and the metric sets. The rest of conf/ reaches a run through its resolved config, which
+    the run id already hashes, so editing a table or figure spec leaves finished runs current."""
     h = hashlib.sha256()
-    files = sorted(p for d in CODE_DIRS for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".yaml")
-                   and p.is_file() and "__pycache__" not in p.parts)
-    for path in files:
+    files = [p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts]
+    files += [p for d in ENGINE_READ_CONFIG for p in (ROOT / d).rglob("*.yaml")]
+    for path in sorted(files):
         rel = path.relative_to(ROOT).as_posix()
         if rel in PRESENTATION:
             continue

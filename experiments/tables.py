@@ -437,6 +437,8 @@ def _footer(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure], c
              f"Refused: {counts['refused']}. Stale runs left out (another code version): {counts['stale']}."]
     if counts["shown"]:
         lines.append(f"No run was made by the current code; shown: code_version {counts['shown']}.")
+    elif counts["runs"]:
+        lines.append(f"Runs made by code version {code_version()} (experiments.results.code_version).")
     lines.append(f"Selected at the last epoch: {k} of {n} runs selecting on a validation metric (a high share "
                  f"means training stopped while that metric may still have been improving).")
     mde = _mde_line(long, spec, measures) if measures else ""
