@@ -109,6 +109,9 @@ def bootstrap_ci(d: np.ndarray, alpha: float = ALPHA, n_boot: int = N_BOOT,
     return float(lo), float(hi)
 
 
+MIN_EXACT = 3   # pairs needed before identical differences count as an exact (p = 0 or 1) result
+
+
 def paired(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, n_boot: int = N_BOOT,
            seed: int = BOOT_SEED) -> Comparison:
     """Paired comparison of aligned samples (a[i] and b[i] share seed i); pairs with a NaN are dropped."""
@@ -119,8 +122,9 @@ def paired(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, n_boot:
     if n < 2:
         return Comparison("paired", n, float(d.mean()) if n else NAN)
     scale = float(max(np.abs(a[keep]).max(), np.abs(b[keep]).max()))
-    if _constant(d, scale):
-        return _exact("paired", n, float(d.mean()), scale)
+    if _constant(d, scale):   # identical differences: significant only if seen often enough to mean something
+        exact = n >= MIN_EXACT
+        return _exact("paired", n, float(d.mean()), scale) if exact else Comparison("paired", n, float(d.mean()))
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     lo, hi, p = t_interval(mean, sd / math.sqrt(n), n - 1, alpha)
     boot = bootstrap_ci(d, alpha, n_boot, seed) if n >= MIN_BOOT else (NAN, NAN)

@@ -84,8 +84,10 @@ def test_edge_cases():
     same_gain = stats.paired([0.70, 0.72, 0.69], [0.50, 0.52, 0.49])   # equal up to float rounding
     assert same_gain.p_value == 0.0 and same_gain.ci_low == same_gain.ci_high == pytest.approx(0.2)
     assert same_gain.mde == 0.0
-    none = stats.paired([0.3, 0.6], [0.3, 0.6])
+    none = stats.paired([0.3, 0.6, 0.1], [0.3, 0.6, 0.1])
     assert none.p_value == 1.0 and none.diff == 0.0 and (none.ci_low, none.ci_high) == (0.0, 0.0)
+    two_equal = stats.paired([0.7, 0.8], [0.6, 0.7])   # two identical differences are too few to call exact
+    assert two_equal.diff == pytest.approx(0.1) and math.isnan(two_equal.p_value)
     assert math.isnan(stats.welch([1.0], [0.0, 1.0]).p_value)
 
 
