@@ -117,4 +117,4 @@ def test_synthetic_cifar_writes_class_vectors(tmp_path):
     sup = data.meta.superclass
     same = (sup[:, None] == sup[None, :]) & ~torch.eye(100, dtype=torch.bool)
     other = sup[:, None] != sup[None, :]
-    assert cos[same].mean() > 0.5 > cos[other].abs().mean()
+    assert cos[same].mean() > 0.3 > 0.2 > cos[other].mean()   # the word2vec-like calibration (docs/simloss.md)
