@@ -27,7 +27,7 @@ test: install ## fast test suite (not marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest -q
 
-reproduce-table: install ## run sweeps, render tables+figures: PROFILE=smoke|default|paper EXP=name JOBS=n LAUNCHER=slurm; PLAN=1 [IMG_PER_S=x] only prints the plan
+reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm; PLAN=1 [IMG_PER_S=x] only prints the plan
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S))
 
 tables: install ## re-render tables (and figures) from existing runs only
@@ -36,7 +36,7 @@ tables: install ## re-render tables (and figures) from existing runs only
 plots: install ## re-render tables and figures (results/figures/*.png|pdf) from existing runs
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
 
-bench: install ## measured speed ratios (data path, loss forms) -> results/bench/bench.json
+bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench
 
 train: install ## one run: make train ARGS="experiment=simloss_age seed=1"

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments import bench_runs
 from experiments.data import BatchAugment, Data, InMemoryLoader, Meta, TensorSplit
 
 LossCase = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -258,7 +259,7 @@ def bench_data(n: int = 5000, batch: int = 128, workers: tuple[int, ...] = (0, 2
 
 SECTIONS: list[tuple[str, Callable[[], dict]]] = [("losses", bench_losses), ("trainer", bench_trainer),
                                                  ("data_path", bench_data)]
-EXTRA: list[tuple[str, Callable[[], dict]]] = []
+EXTRA: list[tuple[str, Callable[[], dict]]] = [*bench_runs.SECTIONS]
 
 
 def table(result: dict) -> str:

@@ -1,13 +1,17 @@
-"""`make reproduce-table`: run every experiment of a profile through Hydra multirun, then render its tables.
+"""`make reproduce-table`: run every experiment of a profile, then render its tables and figures.
 
     python -m experiments.reproduce --profile default [--exp simloss_age] [--jobs 2] [--results-dir results]
 
-Finished runs are skipped by the engine, so a second call trains nothing and re-renders. The `paper` profile
-first checks that the real datasets are present and says which are missing, before starting anything.
+Every config of every sweep is composed in-process and looked up in the results store first; only configs not
+finished by the current code are run, by `--jobs` long-lived worker processes (`experiments.runner`), or with
+`--launcher` through Hydra multirun for the sweeps that still have unfinished configs. A second call trains
+nothing and re-renders. The `paper` profile first checks that the real datasets are present and says which are
+missing, before starting anything.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import resource
 import subprocess
@@ -15,13 +19,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
+from experiments import runner
 from experiments.errors import UserError
 from experiments.results import load_runs
-from experiments.plots import FigureSpec, render_figure
-from experiments.tables import TableSpec, render
 from experiments.train import CONF_DIR, compose_config
 
 ROOT = CONF_DIR.parent
@@ -37,23 +41,31 @@ class Experiment:
     seeds: str
     data_dir: Path
 
-    def commands(self, profile: str, results_dir: Path, jobs: int, launcher: str | None) -> list[list[str]]:
-        cmds = []
-        for sweep in self.sweeps or [{}]:
-            args = [sys.executable, "-m", "experiments.train", "-m", f"experiment={self.name}",
-                    f"profile={profile}", f"results_dir={results_dir}", f"data_dir={self.data_dir}"]
-            args += [f"{k}={v}" for k, v in sweep.items()]
-            if "seed" not in sweep:
-                args.append(f"seed={self.seeds}")
-            if launcher:
-                args.append(f"hydra/launcher={launcher}")
-            elif jobs > 1:
-                args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
-            cmds.append(args)
-        return cmds
+    def base_overrides(self, profile: str, results_dir: Path) -> list[str]:
+        return [f"experiment={self.name}", f"profile={profile}", f"results_dir={results_dir}",
+                f"data_dir={self.data_dir}"]
+
+    def sweep_args(self, profile: str, results_dir: Path) -> list[list[str]]:
+        """The multirun overrides of each sweep (the profile's seeds unless the sweep sets `seed`)."""
+        base = self.base_overrides(profile, results_dir)
+        return [base + [f"{k}={v}" for k, v in sweep.items()] + ([] if "seed" in sweep else [f"seed={self.seeds}"])
+                for sweep in self.sweeps or [{}]]
+
+    def commands(self, profile: str, results_dir: Path, jobs: int, launcher: str | None,
+                 only: set[int] | None = None) -> list[list[str]]:
+        """Hydra multirun commands of the sweeps (those numbered in `only`, if given)."""
+        if launcher:
+            launch = [f"hydra/launcher={launcher}"]
+        else:
+            launch = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+        return [[sys.executable, "-m", "experiments.train", "-m", *args, *launch]
+                for i, args in enumerate(self.sweep_args(profile, results_dir)) if only is None or i in only]
 
 
 def discover(profile: str, only: list[str] | None, data_dir: str | None) -> list[Experiment]:
+    from experiments.plots import FigureSpec
+    from experiments.tables import TableSpec
+
     names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
     if only:
         unknown = [n for n in only if n not in names]
@@ -124,31 +136,125 @@ def paper_templates(results_dir: Path | None = None) -> list[Path]:
     return written
 
 
-def render_all(experiments: list[Experiment], results_dir: Path) -> list[dict]:
-    df = load_runs(results_dir)
-    out = []
-    for exp in experiments:
-        for spec in exp.tables:
-            out.append(render(df, spec, results_dir / "tables", ROOT / "results" / "paper_reference"))
-    return out
+class SharedAttr(dict):
+    """A `DataFrame.attrs` value shared by the frames derived from it instead of deep-copied into each (pandas
+    deep-copies `attrs` on every operation: that tripled the time to render the tables)."""
+
+    def __deepcopy__(self, memo: dict) -> "SharedAttr":
+        return self
 
 
-def plot_all(experiments: list[Experiment], results_dir: Path) -> list[Path]:
+def load_for_render(results_dir: Path):
     df = load_runs(results_dir)
-    if df.empty:
-        return []
-    paths = []
-    for exp in experiments:
-        for spec in exp.figures:
-            paths += render_figure(df, spec, results_dir / "figures")
-    return paths
+    df.attrs = {k: SharedAttr(v) if isinstance(v, dict) else v for k, v in df.attrs.items()}
+    return df
+
+
+def render_items(experiments: list[Experiment]) -> list[tuple[str, Any]]:
+    """Every figure, then every table, of the experiments (figures first: they take longer)."""
+    return ([("figure", spec) for exp in experiments for spec in exp.figures]
+            + [("table", spec) for exp in experiments for spec in exp.tables])
+
+
+def render_one(item: tuple[str, Any], results_dir: Path, df) -> Any:
+    """A table's summary (`experiments.tables.render`) or a figure's files."""
+    kind, spec = item
+    if kind == "table":
+        from experiments.tables import render
+
+        return render(df, spec, results_dir / "tables", ROOT / "results" / "paper_reference")
+    from experiments.plots import render_figure
+
+    return [] if df.empty else [str(p) for p in render_figure(df, spec, results_dir / "figures")]
+
+
+def _render_share(items: list, counter, results_dir: Path, df) -> dict[int, tuple[str, Any]]:
+    """Render the items nobody has taken yet (`counter`: the next index) until none is left."""
+    out = {}
+    while True:
+        with counter.get_lock():
+            i, counter.value = counter.value, counter.value + 1
+        if i >= len(items):
+            return out
+        kind, spec = items[i]
+        try:
+            out[i] = ("", render_one(items[i], results_dir, df))
+        except Exception as e:  # noqa: BLE001 — one broken table or figure does not stop the others
+            out[i] = (f"{kind} {spec.experiment}/{spec.name}: {type(e).__name__}: {e}", None)
+
+
+def _share_into(conn, *args) -> None:
+    conn.send(_render_share(*args))
+
+
+def render_everything(exps: list[Experiment], results_dir: Path) -> tuple[list[dict], list[Path], list[str]]:
+    """Every table and figure, rendered by this process and a forked one taking items in turn (each takes
+    seconds on the default profile). Returns the table summaries, the figure files and the errors."""
+    df = load_for_render(results_dir)
+    items = render_items(exps)
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    counter = ctx.Value("i", 0)
+    helper = None
+    if ctx.get_start_method() == "fork" and len(items) > 1:
+        receive, send = ctx.Pipe(duplex=False)
+        helper = ctx.Process(target=_share_into, args=(send, items, counter, results_dir, df), name="losslab-render")
+        helper.start()
+        send.close()
+    done = _render_share(items, counter, results_dir, df)
+    if helper is not None:
+        try:
+            done.update(receive.recv())
+        except EOFError:
+            pass
+        helper.join()
+    results = [done.get(i, (f"{k} {s.experiment}/{s.name}: not rendered (its process died)", None))
+               for i, (k, s) in enumerate(items)]
+    summary = [r for (kind, _), (_, r) in zip(items, results) if kind == "table" and r is not None]
+    figures = [Path(p) for (kind, _), (_, r) in zip(items, results) if kind == "figure" and r for p in r]
+    return summary, figures, [error for error, _ in results if error]
+
+
+def train_missing(exps: list[Experiment], args: argparse.Namespace, results_dir: Path) -> int:
+    """Plan every config in-process, then run the unfinished ones; returns the number of failures."""
+    t0 = time.time()
+    points = runner.plan(exps, args.profile, results_dir)
+    for exp in exps:
+        states = [p.state for p in points if p.exp == exp.name]
+        print(f"{exp.name}: {len(states)} configs, {states.count('done')} done, {states.count('refused')} refused, "
+              f"{states.count('pending')} to run")
+    errors = [p for p in points if p.state == "error"]
+    for p in errors:
+        print(f"error: {p.title}: {p.error}", file=sys.stderr)
+    pending = [p for p in points if p.state == "pending"]
+    print(f"planned {len(points)} configs in {time.time() - t0:.1f} s; {len(pending)} to run", flush=True)
+    if args.launcher:
+        return len(errors) + launch(exps, pending, args, results_dir)
+    tally = runner.run_points(pending, args.jobs)
+    if pending:
+        print(tally.summary())
+    for failure in tally.failures:
+        print(f"  failed {failure}", file=sys.stderr)
+    return len(errors) + tally.failed
+
+
+def launch(exps: list[Experiment], pending: list[runner.Point], args: argparse.Namespace, results_dir: Path) -> int:
+    """`--launcher`: Hydra multirun (`python -m experiments.train -m ...`) of the sweeps with unfinished configs."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    todo = [(exp, cmd) for exp in exps for cmd in exp.commands(
+        args.profile, results_dir, args.jobs, args.launcher, {p.sweep for p in pending if p.exp == exp.name})]
+    failures, t0 = 0, time.time()
+    for i, (exp, cmd) in enumerate(todo, 1):
+        print(f"==> sweep {i}/{len(todo)} ({(time.time() - t0) / 60:.1f} min so far) {exp.name}: "
+              f"{' '.join(cmd[3:])}", flush=True)
+        failures += subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0
+    return failures
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default", choices=["smoke", "default", "paper"])
     ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
-    ap.add_argument("--jobs", type=int, default=1, help="parallel jobs per sweep (joblib launcher)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (or joblib jobs per sweep with a launcher)")
     ap.add_argument("--launcher", default=None, help="hydra/launcher option, e.g. submitit_slurm")
     ap.add_argument("--results-dir", default=str(ROOT / "results"))
     ap.add_argument("--data-dir", default=None)
@@ -171,18 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     sweep_failures = 0
     if not args.render_only:
-        todo = [(exp, cmd) for exp in exps for cmd in exp.commands(args.profile, results_dir, args.jobs,
-                                                                   args.launcher)]
-        for i, (exp, cmd) in enumerate(todo, 1):
-            elapsed = (time.time() - t0) / 60
-            print(f"==> sweep {i}/{len(todo)} ({elapsed:.1f} min so far) {exp.name}: {' '.join(cmd[3:])}",
-                  flush=True)
-            sweep_failures += subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0
-    summary = render_all(exps, results_dir)
-    figures = plot_all(exps, results_dir)
+        try:
+            sweep_failures = train_missing(exps, args, results_dir)
+        except KeyboardInterrupt:
+            print("\ninterrupted: unfinished runs resume from their last checkpoint when started again",
+                  file=sys.stderr)
+            return 130
+    summary, figures, render_errors = render_everything(exps, results_dir)
+    for error in render_errors:
+        print(f"error: {error}", file=sys.stderr)
     minutes = (time.time() - t0) / 60
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"\nreproduce-table PROFILE={args.profile}: {len(summary)} tables in {minutes:.1f} min "
@@ -191,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {s['table']}: {s['runs']} runs, {s['failed']} failed")
     print(f"  {len(figures) // 2} figures in {results_dir / 'figures'}")
     failed = sum(s["failed"] for s in summary)
-    return 1 if (failed or sweep_failures) else 0
+    return 1 if (failed or sweep_failures or render_errors) else 0
 
 
 if __name__ == "__main__":

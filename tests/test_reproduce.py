@@ -1,27 +1,34 @@
 """`make reproduce-table PROFILE=smoke` end to end through its Python entry."""
 import json
 import math
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import reproduce
+from experiments import reproduce, runner
 
 TABLES = ["simloss_age", "simloss_cifar", "cce_imbalanced", "cce_imbalanced_shots", "avgk", "avgk_fewshot"]
+EXPERIMENTS = "simloss_age,simloss_cifar,cce_imbalanced,avgk"
+
+
+def _args(results, data):
+    return ["--profile", "smoke", "--jobs", "2", "--exp", EXPERIMENTS, "--results-dir", str(results),
+            "--data-dir", str(data)]
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     results = tmp_path_factory.mktemp("smoke_results")
     data = tmp_path_factory.mktemp("smoke_data")
-    code = reproduce.main(["--profile", "smoke", "--jobs", "1", "--results-dir", str(results),
-                           "--data-dir", str(data)])
-    return code, results, data
+    t0 = time.perf_counter()
+    code = reproduce.main(_args(results, data))
+    return code, results, data, time.perf_counter() - t0
 
 
 def test_smoke_profile_renders_every_table_and_figure(smoke):
-    code, results, _ = smoke
+    code, results, _, _ = smoke
     assert code == 0
     for name in TABLES:
         for ext in ("md", "tex", "csv"):
@@ -33,7 +40,7 @@ def test_smoke_profile_renders_every_table_and_figure(smoke):
 
 
 def test_table_numbers_equal_a_recomputation_from_the_run_jsons(smoke):
-    _, results, _ = smoke
+    _, results, _, _ = smoke
     runs = [json.loads(p.read_text()) for p in (results / "runs" / "simloss_age").glob("*.json")]
     by_r: dict[float, list[float]] = {}
     for rec in runs:
@@ -51,14 +58,24 @@ def test_table_numbers_equal_a_recomputation_from_the_run_jsons(smoke):
         assert f"{np.mean(values):.2f} ± {expected_std:.2f} ({len(values)})" in md or math.isnan(np.mean(values))
 
 
-def test_second_call_trains_nothing_and_rerenders(smoke, capfd):
-    _, results, data = smoke
+def test_second_call_starts_no_training_job_and_takes_a_fraction_of_the_first(smoke, capfd, monkeypatch):
+    _, results, data, first_s = smoke
     before = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")}
-    assert reproduce.main(["--profile", "smoke", "--jobs", "1", "--results-dir", str(results),
-                           "--data-dir", str(data), "--exp", "simloss_age"]) == 0
+    (results / "tables" / "simloss_age.md").unlink()
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started although every config is done")
+
+    monkeypatch.setattr(runner, "Pool", no_pool)
+    capfd.readouterr()
+    t0 = time.perf_counter()
+    assert reproduce.main(_args(results, data)) == 0
+    second_s = time.perf_counter() - t0
     out = capfd.readouterr().out
-    assert "done simloss_age" not in out and "already done" in out
+    assert f"planned {len(before)} configs" in out and "; 0 to run" in out
     assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")} == before
+    assert (results / "tables" / "simloss_age.md").exists()
+    assert second_s < first_s / 3, (first_s, second_s)
 
 
 def test_paper_profile_names_missing_data_before_starting(tmp_path, capsys):
