@@ -83,7 +83,8 @@ def discover(profile: str, only: list[str] | None, data_dir: str | None) -> list
             continue
         sweeps = OmegaConf.to_container(cfg.sweeps, resolve=True) if "sweeps" in cfg else []
         figs = [FigureSpec.from_config(cfg.experiment_name, fname, node) for fname, node in
-                (OmegaConf.to_container(cfg.figures, resolve=False) if "figures" in cfg else {}).items()]
+                (OmegaConf.to_container(cfg.figures, resolve=False) if "figures" in cfg else {}).items()
+                if node is not None]   # an experiment that extends another drops a figure with `<name>: null`
         found.append(Experiment(name, cfg.experiment_name, [{k: str(v) for k, v in s.items()} for s in sweeps],
                                 specs, [f for f in figs if profile in f.profiles], str(cfg.profile.seeds),
                                 Path(cfg.data_dir)))
@@ -252,7 +253,7 @@ def launch(exps: list[Experiment], pending: list[runner.Point], args: argparse.N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="default", choices=["smoke", "default", "paper"])
+    ap.add_argument("--profile", default="default", choices=["smoke", "default", "full", "paper"])
     ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (or joblib jobs per sweep with a launcher)")
     ap.add_argument("--launcher", default=None, help="hydra/launcher option, e.g. submitit_slurm")
