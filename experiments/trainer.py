@@ -15,6 +15,7 @@ so a resumed run gives the numbers of an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import math
@@ -41,6 +42,7 @@ from experiments.schedules import Constant, Schedule
 @dataclass
 class TrainerConfig:
     epochs: int = 10
+    min_steps: int = 0              # at least this many optimisation steps: a small training split gets more epochs
     batch_size: int = 128
     eval_batch_size: int = 1024
     patience: int | None = None
@@ -63,6 +65,8 @@ class TrainerConfig:
     def check(self) -> None:
         if self.epochs < 1:
             raise UserError(f"trainer.epochs={self.epochs}: must be ≥ 1")
+        if self.min_steps < 0:
+            raise UserError(f"trainer.min_steps={self.min_steps}: must be ≥ 0 (0 = trainer.epochs as given)")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("trainer.batch_size and trainer.eval_batch_size must be ≥ 1")
         if self.patience is not None and self.patience < 1:
@@ -320,12 +324,20 @@ class Trainer:
             return False
         return value < best if mode == "min" else value > best
 
+    @staticmethod
+    def step_budget(cfg: TrainerConfig, n_train: int) -> TrainerConfig:
+        """`cfg` with epochs raised to ceil(min_steps / batches per epoch): the schedule then spans the same number
+        of optimisation steps whatever the size of the (e.g. imbalanced) training split."""
+        batches = max(-(-n_train // cfg.batch_size), 1)
+        return dataclasses.replace(cfg, epochs=max(cfg.epochs, -(-cfg.min_steps // batches)))
+
     # ------------------------------------------------------------------ the loop
     def fit(self, model: nn.Module, loss: EngineLoss, data: Data, metrics: dict[str, Metric],
             stop: Callable[[], str | None] = lambda: None, beat: Callable[[], None] = lambda: None) -> FitResult:
         """Train, select, test. `stop()` returns a reason to stop (checked after every batch), `beat()` is called
         after every batch and checkpoint (the run's claim heartbeat)."""
         mode = self._selection_mode(data, metrics)
+        self.cfg = self.step_budget(self.cfg, len(data.train))
         self.preflight(model, loss, data, metrics)
         loop = self._set_up(model, loss)
         while loop.epoch < self.cfg.epochs and not loop.stopped_early:

@@ -74,3 +74,13 @@ def test_selected_epoch_is_chosen_on_validation(train_run):
 def test_select_last_reports_final_epoch(train_run):
     rec = train_run("trainer.epochs=2", "trainer.select_metric=last")
     assert rec["selected_epoch"] == 2
+
+
+def test_min_steps_raises_epochs_for_small_training_splits():
+    from experiments.trainer import Trainer, TrainerConfig
+
+    cfg = TrainerConfig(epochs=6, min_steps=200, batch_size=32)
+    assert Trainer.step_budget(cfg, 1197).epochs == 6          # 38 batches × 6 epochs ≥ 200 steps
+    assert Trainer.step_budget(cfg, 314).epochs == 20          # 10 batches: 20 epochs = 200 steps
+    assert Trainer.step_budget(cfg, 278).epochs == 23          # 9 batches: ⌈200 / 9⌉
+    assert Trainer.step_budget(TrainerConfig(epochs=4), 10).epochs == 4   # min_steps 0: as given
