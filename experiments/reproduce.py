@@ -282,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         try:
             sweep_failures = train_missing(exps, args, results_dir)
-        except KeyboardInterrupt:
-            print("\ninterrupted: unfinished runs resume from their last checkpoint when started again",
-                  file=sys.stderr)
+        except KeyboardInterrupt as e:
+            print(f"\ninterrupted{f' ({e})' if str(e) else ''}: unfinished runs resume from their last checkpoint "
+                  f"when started again", file=sys.stderr)
             return 130
     summary, figures, render_errors = render_everything(exps, results_dir)
     for error in render_errors:

@@ -12,9 +12,12 @@ import copy
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import queue
+import signal
 import statistics
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -197,6 +200,15 @@ def refused_record(cfg: DictConfig, choices: dict[str, str], error: str) -> dict
             "git_commit": store.git_commit()}
 
 
+def _record_refusal(cfg: DictConfig, choices: dict[str, str], error: str) -> str:
+    try:
+        record = refused_record(cfg, choices, error)
+        store.write_record(store.run_json_path(cfg.results_dir, cfg.experiment_name, record["run_id"]), record)
+    except Exception as e:  # noqa: BLE001 — the refusal is still reported; only its record is missing
+        return f"{error} (its record could not be written: {_one_line(e)})"
+    return error
+
+
 def execute(overrides: list[str], composer: Composer) -> dict:
     """Run one config in this process (a worker): its status, wall time, training-epoch time and error."""
     import torch
@@ -220,8 +232,7 @@ def execute(overrides: list[str], composer: Composer) -> dict:
         out["train_s"] = 0.0 if record.get("skipped") else sum(h.get("time_s", 0.0) for h in record["history"])
     except UserError as e:
         out.update(status="refused", error=_one_line(e))
-        rec = refused_record(cfg, choices, out["error"])
-        store.write_record(store.run_json_path(cfg.results_dir, cfg.experiment_name, rec["run_id"]), rec)
+        out["error"] = _record_refusal(cfg, choices, out["error"])
     except Exception as e:  # noqa: BLE001 — any crash is this config's failure; the worker serves the next
         out["error"] = _one_line(e)
     out["wall_s"] = time.perf_counter() - t0
@@ -229,9 +240,16 @@ def execute(overrides: list[str], composer: Composer) -> dict:
 
 
 def _serve(wid: int, inbox: Any, outbox: Any) -> None:
-    composer = Composer()
+    """A worker's loop: run configs until told to stop, interrupted, or orphaned by the driver."""
+    composer, parent = Composer(), os.getppid()
     try:
-        while (task := inbox.get()) is not None:
+        while os.getppid() == parent:
+            try:
+                task = inbox.get(timeout=5.0)
+            except queue.Empty:
+                continue
+            if task is None:
+                break
             index, overrides = task
             result = execute(overrides, composer)
             outbox.put((wid, index, result))
@@ -371,6 +389,23 @@ class Report:
                       f"{shown}")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM to the driver stops it like Ctrl-C: its workers are stopped too, not orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Driver:
     """Feeds pending configs to the pool, collects results, re-checks claimed configs every `poll_s` seconds
     (a config still unfinished is run again: `run` waits out a live claim and takes over a stale one)."""
@@ -389,8 +424,9 @@ class Driver:
 
     def run(self) -> Tally:
         try:
-            while len(self.todo) or self.waiting or self.busy():
-                self.step()
+            with _sigterm_as_interrupt():
+                while len(self.todo) or self.waiting or self.busy():
+                    self.step()
         except BaseException:
             self.pool.close(interrupted=True)
             raise
@@ -408,6 +444,8 @@ class Driver:
         if wid in self.pool.workers and self.pool.workers[wid].task == index:
             self.pool.workers[wid].task = None
             self.finish(index, result)
+        if result.get("signal"):
+            raise KeyboardInterrupt(f"a worker's run was stopped by {result['signal']}")
 
     def feed(self) -> None:
         for w in list(self.pool.workers.values()):
