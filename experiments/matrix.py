@@ -42,7 +42,9 @@ def rank_frame(df: pd.DataFrame, headline: dict[str, str], experiment: str) -> p
     table = pd.DataFrame(ranks)
     numeric = table.apply(lambda c: pd.to_numeric(c, errors="coerce"))
     table["mean rank"] = numeric.mean(axis=1)
-    return table.sort_values("mean rank", na_position="last")
+    table["datasets"] = numeric.notna().sum(axis=1)
+    # a loss that runs on fewer datasets (ordinal, hierarchy) is ranked among fewer rivals: list it after the others
+    return table.sort_values(["datasets", "mean rank"], ascending=[False, True], na_position="last")
 
 
 def refusals(runs: pd.DataFrame) -> dict[str, str]:
@@ -59,6 +61,8 @@ def short_reason(error: Any, limit: int = 90) -> str:
 def _cell(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if isinstance(value, (int, np.integer)):
+        return str(value)
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.1f}"
 
 
@@ -77,7 +81,7 @@ def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None =
         lines += [f"| {loss} | " + " | ".join(_cell(v) for v in row) + " |" for loss, row in table.iterrows()]
     lines += ["", "Rank 1 = best mean over seeds of: " + ", ".join(f"{d}: {m}" for d, m in headline.items())
               + " (direction as each metric declares it; ties share the average rank). Mean rank over the datasets"
-              " where the loss ran.", f"Runs made by code version {code_version()} (experiments.results.code_version)."]
+              " where the loss ran; losses that run on fewer datasets are listed after the others.", f"Runs made by code version {code_version()} (experiments.results.code_version)."]
     atomic_write_bytes(out_dir / f"{spec.stem}.md", ("\n".join(lines) + "\n").encode())
     tex = table.map(_cell).to_latex(escape=True) if not table.empty else "% no completed runs\n"
     atomic_write_bytes(out_dir / f"{spec.stem}.tex", tex.encode())
@@ -88,7 +92,7 @@ def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None =
 
 def rank_heatmap(ax, df: pd.DataFrame, spec, headline: dict[str, str]) -> None:
     """Figure: the rank of each loss (rows) per dataset (columns), best dark; refused pairs blank."""
-    table = rank_frame(df, headline, spec.experiment).drop(columns="mean rank")
+    table = rank_frame(df, headline, spec.experiment).drop(columns=["mean rank", "datasets"])
     values = table.apply(lambda c: pd.to_numeric(c, errors="coerce")).to_numpy(dtype=float)
     image = ax.imshow(values, cmap="viridis_r", aspect="auto")
     ax.set_xticks(range(len(table.columns)), table.columns, rotation=30, ha="right")

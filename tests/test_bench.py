@@ -15,7 +15,14 @@ def finite_positive(x) -> bool:
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory, monkeypatch_module):
+    monkeypatch_module.setattr(bench, "EXTRA", [])   # the run sections are tested on tiny sizes in test_runner.py
     sections = [("losses", functools.partial(bench.bench_losses, batch=32, classes=(6,), repeats=1, inner=1)),
                 ("trainer", functools.partial(bench.bench_trainer, n=128, batch=32, epochs=(1, 2), width=4,
                                               repeats=1)),
