@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from experiments.checkpoint import atomic_write
 from experiments.metrics import Measure, family
 from experiments.tables import TableSpec, current_runs, summarize
 
@@ -269,7 +270,9 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{spec.experiment}_{spec.name}.{ext}" for ext in ("png", "pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=130)
+    for p in paths:  # no creation date in the PDF: an unchanged figure re-renders to the same bytes
+        fmt = p.suffix[1:]
+        atomic_write(p, lambda f: fig.savefig(f, format=fmt, dpi=130,
+                                              metadata={"CreationDate": None} if fmt == "pdf" else None))
     plt.close(fig)
     return paths

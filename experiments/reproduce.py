@@ -62,7 +62,29 @@ class Experiment:
                 for i, args in enumerate(self.sweep_args(profile, results_dir)) if only is None or i in only]
 
 
-def discover(profile: str, only: list[str] | None, data_dir: str | None) -> list[Experiment]:
+def discover(profile: str, only: list[str] | None, data_dir: str | None,
+             cache_dir: Path | None = None) -> list[Experiment]:
+    """The experiments with a main table in `profile` (those in `only`, if given), their sweeps, tables and figures.
+    With `cache_dir`, the result is kept in `<cache_dir>/<key>.pkl`, the key covering the arguments, the config
+    tree and the source code (composing every experiment costs seconds; a no-op re-run should not pay it)."""
+    if cache_dir is None:
+        return _discover(profile, only, data_dir)
+    import pickle
+
+    from experiments.checkpoint import atomic_write
+    from experiments.results import CODE_DIRS
+
+    sources = "".join(runner.digest_file(p) for d in CODE_DIRS for p in sorted((ROOT / d).rglob("*.py")))
+    path = cache_dir / f"{runner._digest(repr((profile, only, data_dir, runner.conf_digest(), sources)))}.pkl"
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:  # noqa: BLE001 — missing, truncated or foreign: compose again and overwrite it
+        found = _discover(profile, only, data_dir)
+        atomic_write(path, pickle.dumps(found))
+        return found
+
+
+def _discover(profile: str, only: list[str] | None, data_dir: str | None) -> list[Experiment]:
     from experiments.plots import FigureSpec
     from experiments.tables import TableSpec
 
@@ -269,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results_dir = Path(args.results_dir).absolute()
     try:
-        exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir)
+        exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir,
+                        results_dir / "work" / "discover")
         if args.profile == "paper":
             missing = missing_data(exps)
             if missing:
@@ -300,5 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if (failed or sweep_failures or render_errors) else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the module, so cached Experiment objects pickle as experiments.reproduce's
+    from experiments import reproduce
+
+    sys.exit(reproduce.main())

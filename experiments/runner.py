@@ -137,17 +137,32 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def digest_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def conf_digest() -> str:
+    """sha256 (16 hex) of everything a composed config is made of besides the overrides: every YAML file of the
+    config tree (path and bytes) and the environment variable the tree reads (`LOSSLAB_DATA`). Keys the caches
+    of composed configs, so editing e.g. an experiment's epochs re-plans its runs."""
+    h = hashlib.sha256(os.environ.get("LOSSLAB_DATA", "\0").encode())
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        h.update(b"\0" + path.relative_to(CONF_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 class PlanCache:
     """Run id and dataset key of every config composed before, by its overrides, in
-    `<results_dir>/work/plan/<key>.json`; the key covers all that can change them: the engine and config tree
-    (`code_version`), this module, and the Hydra and OmegaConf versions. Saves composing finished configs again."""
+    `<results_dir>/work/plan/<key>.json`; the key covers all that can change them: the engine (`code_version`),
+    the config tree (`conf_digest`), this module, and the Hydra and OmegaConf versions. Saves composing finished
+    configs again."""
 
     def __init__(self, results_dir: Path) -> None:
         import hydra
         import omegaconf
 
-        key = _digest(f"{store.code_version()} {_digest(Path(__file__).read_text())} {hydra.__version__} "
-                      f"{omegaconf.__version__}")
+        key = _digest(f"{store.code_version()} {conf_digest()} {_digest(Path(__file__).read_text())} "
+                      f"{hydra.__version__} {omegaconf.__version__}")
         self.path = Path(results_dir) / "work" / "plan" / f"{key}.json"
         self.entries: dict[str, list[str]] = self._read()
         self.added: dict[str, list[str]] = {}

@@ -115,3 +115,52 @@ def test_bench_sections_on_tiny_sizes():
     assert fixed["runs"] == 2 and 0 < fixed["fixed_s"] < fixed["own_process_fixed_s"]
     noop = bench_runs.bench_noop_rerun("simloss_cifar")
     assert 0 < noop["noop_s"] and noop["ratio_noop_to_first"] > 0
+
+
+def _conf_copy(tmp_path, monkeypatch) -> Path:
+    import shutil
+
+    from experiments import train
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    monkeypatch.setattr(runner, "CONF_DIR", conf)
+    monkeypatch.setattr(train, "CONF_DIR", conf)
+    return conf
+
+
+def test_editing_an_experiment_yaml_replans_its_run_ids(tmp_path, monkeypatch, data_dir):
+    """The plan cache maps overrides to run ids; an edited config file must not leave the old ids (and the old,
+    now wrong, 'done' state) in place."""
+    conf = _conf_copy(tmp_path, monkeypatch)
+    exp = tiny("simloss_age", {"loss.r": "0.5"}, data_dir)
+    (before,) = runner.plan([exp], "smoke", tmp_path / "r")
+    yaml = conf / "experiment" / "simloss_age.yaml"
+    yaml.write_text(yaml.read_text().replace("batch_size: 64", "batch_size: 32"))
+    (after,) = runner.plan([exp], "smoke", tmp_path / "r")
+    assert after.run_id != before.run_id
+    cfg, _ = compose_config(after.overrides)
+    assert cfg.trainer.batch_size == 32
+    assert after.run_id == store.compute_run_id(OmegaConf.to_container(cfg, resolve=True))
+
+
+def test_discover_is_cached_and_the_cache_follows_the_config_tree(tmp_path, monkeypatch, data_dir):
+    conf = _conf_copy(tmp_path, monkeypatch)
+    cache = tmp_path / "discover"
+    first = reproduce.discover("smoke", ["simloss_age"], str(data_dir), cache)
+    assert first == reproduce.discover("smoke", ["simloss_age"], str(data_dir))
+
+    def composing(*args):
+        raise AssertionError("composed although nothing changed")
+
+    with monkeypatch.context() as m:
+        m.setattr(reproduce, "_discover", composing)
+        assert reproduce.discover("smoke", ["simloss_age"], str(data_dir), cache) == first
+    yaml = conf / "experiment" / "simloss_age.yaml"
+    yaml.write_text(yaml.read_text().replace("smoke: \"0.0,0.5,0.9\"", "smoke: \"0.0,0.9\""))
+    (again,) = reproduce.discover("smoke", ["simloss_age"], str(data_dir), cache)
+    assert again.sweeps != first[0].sweeps and again.sweeps == [{"loss.r": "0.0,0.9"}]
+    (cache / "junk.pkl").write_bytes(b"not a pickle")
+    for path in cache.glob("*.pkl"):
+        path.write_bytes(b"\x80garbage")
+    assert reproduce.discover("smoke", ["simloss_age"], str(data_dir), cache) == [again]
