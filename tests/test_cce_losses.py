@@ -266,3 +266,44 @@ def test_cot_one_step_gradient_is_ce_plus_t():
     z.grad = None
     ComplementEntropy(steps=1).objective({"logits": z}, Batch(None, y, None)).backward()
     assert torch.allclose(z.grad, ref, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- the official eps_log as a bound
+def _literal_term(z: torch.Tensor, y: torch.Tensor, eps_div: float, eps_log: float) -> torch.Tensor:
+    """Σ_i Σ_{j≠g} P log(P + eps_log)/(N·K), P = ŷ/((1 − ŷ_g) + eps_div): the official formula, float64 autograd."""
+    n, k = z.shape
+    p = z.softmax(1)
+    big_p = p / ((1 - p.gather(1, y[:, None])) + eps_div)
+    off = torch.ones_like(z).scatter(1, y[:, None], 0.0)
+    return (big_p * torch.log(big_p + eps_log) * off).sum() / (n * k)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 30.0, 100.0])
+@pytest.mark.parametrize("eps_log", [1e-10, 1e-8])
+def test_eps_log_up_to_the_bound_moves_value_and_gradient_within_it(scale, eps_log):
+    """eps_log ≤ EPS_LOG_AS_BOUND is applied through its bound: |Δ term| ≤ eps_log, |Δ ∂/∂z| ≤ 4·eps_log/N,
+    measured against the literal per-class formula, saturated logits included."""
+    from experiments.losses.complement import EPS_LOG_AS_BOUND
+
+    assert eps_log <= EPS_LOG_AS_BOUND
+    g = torch.Generator().manual_seed(int(scale))
+    z = (torch.randn(64, 100, generator=g, dtype=torch.float64) * scale).requires_grad_()
+    y = torch.randint(0, 100, (64,), generator=g)
+    ours = ComplementEntropy(eps_div=1e-7, eps_log=eps_log)(z, y)
+    (g_ours,) = torch.autograd.grad(ours, z)
+    ref = _literal_term(z, y, 1e-7, eps_log)
+    (g_ref,) = torch.autograd.grad(ref, z)
+    # P·log(P + eps) − P·log P = P·log(1 + eps/P) ∈ [0, eps]: the literal term is the larger one
+    assert -1e-15 <= ref.item() - ours.item() <= eps_log + 1e-15
+    assert (g_ours - g_ref).abs().max().item() <= 4 * eps_log / 64 + 1e-15
+
+
+def test_a_larger_eps_log_is_exact_per_class():
+    g = torch.Generator().manual_seed(5)
+    z = (torch.randn(32, 20, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    y = torch.randint(0, 20, (32,), generator=g)
+    ours = ComplementEntropy(eps_div=1e-7, eps_log=1e-3)(z, y)
+    ref = _literal_term(z, y, 1e-7, 1e-3)
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-12)
+    (g_ours,), (g_ref,) = torch.autograd.grad(ours, z), torch.autograd.grad(ref, z)
+    assert torch.allclose(g_ours, g_ref, atol=1e-12)

@@ -8,7 +8,11 @@ off its largest entry, H_c = L − Σ p̃ z, CE = logaddexp(z_g, L) − z_g and 
 finite however close ŷ_g gets to 1 (no division, no NaN), with a closed-form gradient (`_ComplementLoss`). The
 official code's epsilons are kept exactly: P = ŷ/((1−ŷ_g)+eps_div) = κ·p̃ with κ = (1−ŷ_g)/((1−ŷ_g)+eps_div)
 (v1/v2, `eps_placement="inside"`) or P = ŷ/(1−ŷ_g) + eps_div (current `cce.py`, `"outside"`), then
-P·log(P + eps_log); eps_log > 0 or the outside eps costs one per-class log.
+P·log(P + eps_log). The official eps_log = 1e−10 changes each term by P·log(1 + eps_log/P) ∈ [0, eps_log], so the
+normalised complement term by at most eps_log per sample and the loss by at most |γ|·eps_log (gradient entries
+by at most 4|γ|·eps_log/N): up to `EPS_LOG_AS_BOUND` it is applied as that bound and the closed form is used (no
+per-class log; float32 rounds the official code's own sum more coarsely). A larger eps_log, or the outside eps,
+costs one per-class log and is exact.
 
 `ComplementCrossEntropy(variant=...)`:
 - `paper` (default): CE + γ/(K−1) · mean_i H_c(i). γ = −1 maximises H_c (the paper's text, Holocron).
@@ -36,6 +40,7 @@ from experiments.losses.base import EngineLoss, StepFn
 from experiments.losses.focal import as_float
 
 _NORMS = ("K_minus_1", "K")
+EPS_LOG_AS_BOUND = 1e-8  # eps_log up to this moves the loss by ≤ |γ|·eps_log: closed form, no per-class log
 _PLACEMENTS = ("inside", "outside")
 
 
@@ -73,7 +78,7 @@ class _ComplementLoss(torch.autograd.Function):
         log_c = log_r - torch.logaddexp(log_r, log_r.new_tensor(math.log(eps_div))) if inside and eps_div else None
         c = 1.0 if log_c is None else log_c.exp()
         add = 0.0 if inside else eps_div
-        if eps_log == 0 and add == 0:
+        if eps_log <= EPS_LOG_AS_BOUND and add == 0:
             x, offset = z, (pt * z).sum(dim=1, keepdim=True)
             neg = offset - lse_rest if log_c is None else c * (log_c - lse_rest + offset)
             t_kappa = None if log_c is None else log_c - lse_rest + offset + 1
