@@ -207,26 +207,27 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
-        if self.flip:
-            mask = torch.rand(n, generator=generator, device=generator.device) < 0.5
-            x = torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
+        dev = generator.device
+        mask = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device) if self.flip else None
         p = self.crop_padding
-        if p > 0:
-            padded = torch.nn.functional.pad(x, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device).to(x.device)
-            dx = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device).to(x.device)
-            rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # n×h
-            cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # n×w
-            bidx = torch.arange(n, device=x.device)[:, None, None]
-            # gather n×c×h×w: index rows then columns per sample
-            x = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-        return x
+        if p == 0:
+            return x if mask is None else torch.where(mask[:, None, None, None], x.flip(3), x)
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=dev).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=dev).to(x.device)
+        rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # n×h
+        j = torch.arange(w, device=x.device)[None, :]
+        cols = dx[:, None] + j  # n×w; flipped samples read their columns backwards: flip and crop in one gather
+        if mask is not None:
+            cols = torch.where(mask[:, None], (w - 1 + 2 * p) - dx[:, None] - j, cols)
+        bidx = torch.arange(n, device=x.device)[:, None, None]
+        return padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> torch.Tensor:
     m = torch.tensor(mean, device=x.device, dtype=dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=dtype).view(1, -1, 1, 1)
-    return (x.to(dtype) / 255.0 - m) / s
+    return x.to(dtype).div_(255.0).sub_(m).div_(s)  # in place: the same values as (x/255 − m)/s, no temporaries
 
 
 # --------------------------------------------------------------------------- loaders
