@@ -3,6 +3,10 @@ multi-label baselines of Cole et al. 2021 (AN, AN-LS, WAN, EPR, ROLE), all in th
 
 Cole et al. conventions are kept: q = sigmoid(logits), −log(x + 1e-5), per-entry losses divided by B·C and summed,
 regulariser added after. The baselines use only the "logits" head and score with its sigmoid.
+
+Speed (CPU, one thread): the losses are autograd Functions with closed-form gradients. The elementwise log is the
+dominant per-entry cost (~3× a sigmoid), so a sum of logs with uniform weights is taken as a sum of logs of products
+(`_sum_log`), and the pseudo-labels find their threshold without a top-k over all B·C entries (`_kth_largest`).
 """
 from __future__ import annotations
 
@@ -16,9 +20,10 @@ from average_k.metrics import budget
 from experiments.data import Batch, Meta
 from experiments.errors import UserError
 from experiments.losses.base import EngineLoss
-from experiments.losses.focal import as_float, softplus_and_sigmoid
+from experiments.losses.focal import as_float
 
 LOG_EPS = 1e-5
+_DESCENT_BITS = 2  # `_kth_largest` looks at 2^bits·m candidates per step down its tree
 
 
 def neg_log(x: torch.Tensor) -> torch.Tensor:
@@ -30,37 +35,82 @@ def _choice(name: str, value, allowed) -> None:
         raise UserError(f"loss.{name}={value!r}: choose one of {', '.join(map(str, allowed))}")
 
 
+def _sum_log(x: torch.Tensor, floor: float) -> torch.Tensor:
+    """Σ log x over every entry of x ∈ [floor, ~1]: the log of products of 2^L entries, L as large as keeps every
+    product a normal float (floor^(2^L) ≥ the dtype's smallest normal), so one log per 2^L entries. Each product adds
+    2^L − 1 roundings of half an ulp, about the error of the 2^L logs it replaces."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    fits = int(math.log2(math.log(torch.finfo(x.dtype).tiny) / math.log(floor)))
+    group = 1 << min(fits, max(n.bit_length() - 1, 0))
+    size = n - n % group
+    total = flat[:size].view(group, size // group).prod(0).log_().sum()
+    return total + flat[size:].log().sum() if size < n else total
+
+
+def _kth_largest(flat: torch.Tensor, m: int) -> torch.Tensor:
+    """`flat.topk(m).values[-1]` (the m-th largest entry of a 1-D tensor) without a top-k over all n entries.
+
+    Level l of a tree of pairwise maxima holds the maxima of groups of 2^l entries. The top-m groups of a level
+    contain the top m entries of the level below (an entry above the m-th group maximum lies in a group whose
+    maximum is above it too; if the m-th largest is tied, the m chosen groups' maxima already reach it), so from a
+    level of ≥ 4m groups each step down looks at 2^s·m candidates only. Entries past the last whole group stay
+    candidates to the end. NaN is the largest value, as for `topk`.
+    """
+    n = flat.numel()
+    levels = max((n // (4 * m)).bit_length() - 1, 0)
+    if levels < 2:
+        return flat.topk(m).values[-1]
+    size = n >> levels << levels
+    tree = [flat[:size]]
+    for _ in range(levels):
+        half = tree[-1].numel() // 2
+        tree.append(torch.maximum(tree[-1][:half], tree[-1][half:]))
+    chosen = tree[-1].topk(m, sorted=False).indices
+    while levels:
+        step = min(_DESCENT_BITS, levels)
+        width = tree[levels].numel()  # group j of this level is entries j + r·width, r < 2^step, of the one below
+        members = (torch.arange(1 << step, device=flat.device)[:, None] * width + chosen).view(-1)
+        levels -= step
+        values = tree[levels].index_select(0, members)
+        if not levels:
+            return torch.cat((values, flat[size:])).topk(m).values[-1]
+        chosen = members.index_select(0, values.topk(m, sorted=False).indices)
+    raise AssertionError("unreachable")
+
+
+def _top_entries(p: torch.Tensor, m: int, tie_rule: str) -> torch.Tensor:
+    """0/1 (p's dtype) marking p ≥ its m-th largest entry; for `exact` with ties at that value, `topk`'s m."""
+    flat = p.reshape(-1)
+    labels = torch.ge(p, _kth_largest(flat, m), out=torch.empty_like(p))
+    if tie_rule == "exact" and labels.sum(dtype=torch.float64).item() != m:
+        labels = torch.zeros_like(flat).scatter_(0, flat.topk(m).indices, 1.0).view_as(p)
+    return labels
+
+
 def batch_pseudo_labels(probs: torch.Tensor, k: float, targets: torch.Tensor | None = None,
                         tie_rule: str = "midpoint", budget_rule: str = "extra") -> torch.Tensor:
     """0/1 pseudo-labels (B×C float) marking the K·B largest entries of a batch of probabilities.
 
     m = round(K·B). `tie_rule`: `midpoint` marks every entry ≥ the m-th largest value (the §1.3 midpoint
     threshold selects the same entries; ties at the boundary all enter), `exact` marks exactly m entries
-    (ties broken by position). With `targets` the true classes are also marked; `budget_rule`: `extra`
-    adds them on top of the m entries, `within` counts them in m (top m − B among the other entries).
+    (which of the entries tied at the boundary enter is `torch.topk`'s choice). With `targets` the true classes are
+    also marked; `budget_rule`: `extra` adds them on top of the m entries, `within` counts them in m (top m − B
+    among the other entries).
     """
     _choice("pl_tie_rule", tie_rule, ("midpoint", "exact"))
     _choice("pl_budget", budget_rule, ("extra", "within"))
     p = probs.detach()
     b, c = p.shape
     m = min(max(budget(b, k), 1), b * c)
-    truth = None
+    t = None
     if targets is not None:
-        truth = torch.zeros_like(p, dtype=torch.bool).scatter_(1, targets.long().view(-1, 1), True)
+        t = targets.long().view(-1, 1).to(p.device)
         if budget_rule == "within":
             m = max(m - b, 0)
-            p = p.masked_fill(truth, float("-inf"))
-    flat = p.reshape(-1)
-    if m == 0:
-        marked = torch.zeros_like(flat, dtype=torch.bool)
-    elif tie_rule == "exact":
-        marked = torch.zeros_like(flat, dtype=torch.bool).scatter_(0, flat.topk(m).indices, True)
-    else:
-        marked = flat >= flat.topk(m).values[-1]
-    marked = marked.view(b, c)
-    if truth is not None:
-        marked = marked | truth
-    return marked.to(probs.dtype)
+            p = p.clone().scatter_(1, t, float("-inf"))
+    labels = _top_entries(p, m, tie_rule) if m else torch.zeros_like(p)
+    return labels.scatter_(1, t, 1.0) if t is not None else labels
 
 
 class EpochCandidates:
@@ -87,22 +137,48 @@ class EpochCandidates:
         return tau
 
 
-class _BCEWithLogits(torch.autograd.Function):
-    """scale·Σ BCE-with-logits(x, y; pos_weight w) = scale·Σ [l·softplus(x) − w·y·x], l = 1 + (w − 1)·y (the value of
-    `F.binary_cross_entropy_with_logits`), gradient scale·(l·σ(x) − w·y), from one sigmoid and one log per entry."""
+class _CrossEntropyAndProbs(torch.autograd.Function):
+    """(`F.cross_entropy(x, target)`, softmax(x) detached) from one softmax pass: CE = mean −log p_y (from
+    log_softmax only if some p_y is subnormal or 0, where its log would be inexact), gradient (p − onehot)/B."""
 
     @staticmethod
-    def forward(ctx, x, y, w, scale: float):
-        sp, grad = softplus_and_sigmoid(x)
-        if w is None:
-            total = sp.sum() - torch.dot(y.reshape(-1), x.reshape(-1))
-            grad.sub_(y)
+    def forward(ctx, x, target):
+        t = target.view(-1, 1)
+        probs = torch.softmax(x, 1)
+        p_t = probs.gather(1, t)
+        if p_t.min() >= torch.finfo(p_t.dtype).tiny:
+            ce = -p_t.log_().mean()
         else:
-            wy = y * w
-            lw = (wy - y).add_(1)
-            total = torch.dot(lw.reshape(-1), sp.reshape(-1)) - torch.dot(wy.reshape(-1), x.reshape(-1))
-            grad.mul_(lw).sub_(wy)
-        ctx.save_for_backward(grad)
+            ce = -x.log_softmax(1).gather(1, t).mean()
+        ctx.save_for_backward(probs, t)
+        ctx.mark_non_differentiable(probs)
+        return ce, probs
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        probs, t = ctx.saved_tensors
+        scale = grad / len(t)
+        return (probs * scale).scatter_add_(1, t, (-scale).expand(len(t), 1).to(probs.dtype)), None
+
+
+class _BCEWithLogits(torch.autograd.Function):
+    """scale·Σ BCE-with-logits(x, y; pos_weight w) for 0/1 labels y and a scalar w: scale·Σ [l·softplus(x) − w·y·x],
+    l = 1 + (w − 1)·y (the value of `F.binary_cross_entropy_with_logits`), gradient scale·(l·σ(x) − w·y).
+    softplus(x) = relu(x) − log s, s = σ(|x|) = max(σ(x), 1 − σ(x)) ∈ [½, 1], so Σ l·log s is a `_sum_log` (one
+    log per 64 entries in float32) and only one sigmoid per entry is taken; for y ∈ {0, 1}, s^y = 1 + y·(s − 1)."""
+
+    @staticmethod
+    def forward(ctx, x, y, w: float, scale: float):
+        sig = torch.sigmoid(x)
+        s = torch.maximum(torch.rsub(sig, 1), sig)
+        relu = torch.relu(x)
+        y_flat = y.reshape(-1)
+        total = relu.sum() - _sum_log(s, 0.5) - w * torch.dot(y_flat, x.reshape(-1))
+        if w != 1:  # + (w − 1)·Σ y·softplus(x), and the gradient's l·σ(x)
+            y_log_s = _sum_log(s.sub_(1).mul_(y).add_(1), 0.5)
+            total = total + (w - 1) * (torch.dot(y_flat, relu.reshape(-1)) - y_log_s)
+            sig.mul_(torch.mul(y, w - 1).add_(1))
+        ctx.save_for_backward(sig.sub_(y, alpha=w))
         ctx.scale = scale
         return total * scale
 
@@ -149,6 +225,7 @@ class TwoHeadLoss(EngineLoss):
         self.candidates = EpochCandidates(self.k, epoch_cap)
         self.register_buffer("tau", torch.tensor(float("nan")))
         self.register_buffer("pos_weight", torch.ones(1), persistent=False)
+        self.pos_weight_value = 1.0  # every class gets the same pos_weight (`bind`); the BCE takes it as a scalar
 
     def bind(self, meta: Meta) -> None:
         c = meta.num_classes
@@ -157,6 +234,7 @@ class TwoHeadLoss(EngineLoss):
         w = self.pos_weight_opt
         value = (c - self.k) / self.k if w == "balanced" else (1.0 if w is None else float(w))
         self.pos_weight = torch.full((c,), value, device=self.pos_weight.device)
+        self.pos_weight_value = value
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         tau = self.candidates.threshold() if self.pl_scope == "epoch" else None
@@ -180,15 +258,14 @@ class TwoHeadLoss(EngineLoss):
 
     def ml_loss(self, ml_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = as_float(ml_logits)
-        pw = self.pos_weight.to(x) if self.pos_weight.numel() > 1 else None
-        return _BCEWithLogits.apply(x, labels.to(x), pw, 1.0 / (x.numel() if self.ml_reduction == "mean" else len(x)))
+        scale = 1.0 / (x.numel() if self.ml_reduction == "mean" else len(x))
+        return _BCEWithLogits.apply(x, labels.to(x), self.pos_weight_value, scale)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, ml_logits: torch.Tensor | None = None,
                 update: bool = False) -> torch.Tensor:
-        ce = F.cross_entropy(logits.float(), target)
         if ml_logits is None:
-            return ce
-        probs = logits.detach().float().softmax(dim=1)
+            return F.cross_entropy(logits.float(), target)
+        ce, probs = _CrossEntropyAndProbs.apply(logits.float(), target.long())  # probs: head A's detached softmax
         if update and self.pl_scope == "epoch":
             self.candidates.add(probs)
         w = self.ml_weight()
@@ -223,33 +300,39 @@ def epr_regularizer(q: torch.Tensor, k: float, norm: str = "2") -> torch.Tensor:
 
 class _AssumeNegative(torch.autograd.Function):
     """Σ_ij ℓ_ij/(B·C) with, for u = σ(−z) and v = σ(z): negatives w_neg·[(1−ls)·n + ls·p], the observed positive
-    (1−ls)·p + ls·n, n = −log(u + 1e-5), p = −log(v + 1e-5). ∂n/∂z = uv/(u+ε), ∂p/∂z = −uv/(v+ε); the gradient
-    is formed here (from u + ε before its log is taken in place), `backward` only scales it."""
+    (1−ls)·p + ls·n, n = −log(u + 1e-5), p = −log(v + 1e-5). With u + ε and v + ε swapped on the positives, every
+    entry is (1−ls)·n + ls·p: two `_sum_log`s, then the positives' weight 1 instead of w_neg is added for WAN.
+    ∂n/∂z = uv/(u+ε), ∂p/∂z = −uv/(v+ε), so the swapped form's gradient, once negated on the positives, is the loss's.
+    It is formed here up to the factor w_neg·(1−ls)/(B·C), which `backward` applies with the incoming gradient."""
 
     @staticmethod
     def forward(ctx, z, target, ls: float, w_neg: float):
-        target = target[:, None]
-        u = torch.neg(z).sigmoid_()
-        v = torch.sigmoid(z) if ls else None
-        u_g = u.gather(1, target)
-        v_g = torch.sigmoid(z.gather(1, target)) if v is None else v.gather(1, target)
+        t = target[:, None]
+        u = torch.neg(z).sigmoid_()  # σ(−z), not 1 − σ(z): exact near 0, where the 1e-5 matters
         arg_n = u + LOG_EPS
+        if ls:
+            arg_p = torch.sigmoid(z).add_(LOG_EPS)
+            pos_n, pos_p = arg_n.gather(1, t), arg_p.gather(1, t)
+            arg_p.scatter_(1, t, pos_n)
+        else:
+            pos_n, pos_p = None, torch.sigmoid(z.gather(1, t)).add_(LOG_EPS)
+        arg_n.scatter_(1, t, pos_p)
         if ctx.needs_input_grad[0]:
-            uv, uv_g = torch.rsub(u, 1).mul_(u), u_g * v_g
-            grad = uv.div_(arg_n) if v is None else uv.div(arg_n).mul_(1 - ls).sub_(uv.div_(v + LOG_EPS), alpha=ls)
-            g_pos = uv_g / (u_g + LOG_EPS) * ls - uv_g / (v_g + LOG_EPS) * (1 - ls)
-            ctx.save_for_backward(grad.mul_(w_neg / z.numel()).scatter_(1, target, g_pos / z.numel()))
-        n_g, p_g = -(u_g + LOG_EPS).log(), -(v_g + LOG_EPS).log()
-        n_all = -arg_n.log_().sum()
-        p_all = -(v + LOG_EPS).log_().sum() if ls else 0.0
-        total = w_neg * ((1 - ls) * n_all + ls * p_all) + (((1 - ls) - w_neg * ls) * p_g
-                                                             + (ls - w_neg * (1 - ls)) * n_g).sum()
-        return total / z.numel()
+            uv = torch.addcmul(u, u, u, value=-1)
+            grad = uv / arg_n
+            if ls:
+                grad.sub_(uv.div_(arg_p), alpha=ls / (1 - ls))
+            ctx.save_for_backward(grad.scatter_(1, t, grad.gather(1, t).mul_(-1 / w_neg)))
+            ctx.scale = w_neg * (1 - ls) / z.numel()
+        logs = _sum_log(arg_n, LOG_EPS) * (1 - ls) + (_sum_log(arg_p, LOG_EPS) * ls if ls else 0.0)
+        if w_neg != 1:
+            logs = logs + (pos_p.log().sum() * (1 - ls) + (pos_n.log().sum() * ls if ls else 0.0)) * ((1 - w_neg) / w_neg)
+        return logs * (-w_neg / z.numel())
 
     @staticmethod
     def backward(ctx, grad):
         g, = ctx.saved_tensors
-        return g * grad, None, None, None
+        return g * (grad * ctx.scale), None, None, None
 
 
 class _ExpectedPositives(torch.autograd.Function):
@@ -270,9 +353,57 @@ class _ExpectedPositives(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         target, q, q_g = ctx.saved_tensors
-        g = torch.rsub(q, 1).mul_(q).mul_(grad * ctx.slope)
+        g = torch.addcmul(q, q, q, value=-1).mul_(grad * ctx.slope)  # q(1 − q)·slope
         g_pos = (q_g * q_g - q_g).div_(q_g + LOG_EPS).mul_(grad / q.numel())
         return g.scatter_add_(1, target, g_pos), None, None, None
+
+
+def _cross_grad(w: torch.Tensor, one_minus_w: torch.Tensor, ratio: torch.Tensor, arg: torch.Tensor,
+                slope) -> torch.Tensor:
+    """−(∂/∂q −[w·log(q + ε) + (1 − w)·log(1 − q + ε)] + slope) = (w − (1 − w)·ratio)/arg − slope, given arg = q + ε
+    and ratio = (q + ε)/(1 − q + ε): ROLE's cross term for either side, w the other side detached (negated, so that
+    it is one addcmul)."""
+    return torch.addcmul(w, one_minus_w, ratio, value=-1).div_(arg).sub_(slope)
+
+
+class _RoleLoss(torch.autograd.Function):
+    """ROLE's objective from the classifier's logits x and the label estimates e, each side's cross term weighted by
+    the other side detached (Cole et al.). With q = σ(x), a = q + ε, a' = 1 − q + ε, b = e + ε, b' = 1 − e + ε:
+    [½Σ_i −log a_iy − log b_iy + ½Σ_ij −(e·log a + (1−e)·log a') − (q·log b + (1−q)·log b')]/(B·C)
+    + ½[(Σq/B − k)² + (Σe/B − k)²]/C². As e·log a + (1−e)·log a' = log a' + e·log(a/a'), each entry takes the logs of
+    a/a' and b/b' and Σ log(a'·b') is a `_sum_log`. The gradients are formed here up to the factor −½/(B·C), which
+    `backward` applies: ∂/∂x ∝ q(1−q)·[`_cross_grad`(e) − 2(Σq/B − k)/C], plus q(1−q)/a on the positive;
+    ∂/∂e ∝ `_cross_grad`(q) − 2(Σe/B − k)/C, plus 1/b on the positive."""
+
+    @staticmethod
+    def forward(ctx, x, e, target, k: float):
+        t = target.view(-1, 1)
+        b, c = x.shape
+        q = torch.sigmoid(x)
+        one_q, one_e = torch.rsub(q, 1), torch.rsub(e, 1)
+        arg_q, arg_e = q + LOG_EPS, e + LOG_EPS
+        rest_q, rest_e = one_q + LOG_EPS, one_e + LOG_EPS
+        ratio_q, ratio_e = arg_q.div(rest_q), arg_e.div(rest_e)
+        d_q, d_e = q.sum() / b - k, e.sum() / b - k
+        arg_q_t, arg_e_t = arg_q.gather(1, t), arg_e.gather(1, t)
+        grad_x = grad_e = None
+        if ctx.needs_input_grad[0]:
+            qq = q * one_q
+            grad_x = _cross_grad(e, one_e, ratio_q, arg_q, 2 * d_q / c).mul_(qq)
+            grad_x.scatter_add_(1, t, qq.gather(1, t).div_(arg_q_t))
+        if ctx.needs_input_grad[1]:
+            grad_e = _cross_grad(q, one_q, ratio_e, arg_e, 2 * d_e / c).scatter_add_(1, t, arg_e_t.reciprocal())
+        ctx.save_for_backward(grad_x, grad_e)
+        ctx.scale = -0.5 / x.numel()
+        logs = (_sum_log(rest_q.mul_(rest_e), LOG_EPS ** 2) + torch.dot(e.reshape(-1), ratio_q.log_().reshape(-1))
+                + torch.dot(q.reshape(-1), ratio_e.log_().reshape(-1)) + arg_q_t.mul_(arg_e_t).log_().sum())
+        return logs * ctx.scale + 0.5 * (d_q * d_q + d_e * d_e) / c ** 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x, grad_e = ctx.saved_tensors
+        scale = grad * ctx.scale
+        return (None if grad_x is None else grad_x * scale), (None if grad_e is None else grad_e * scale), None, None
 
 
 class AssumeNegative(_SigmoidHead):
@@ -342,24 +473,15 @@ class RegularizedOnlineLabelEstimation(_SigmoidHead):
             if new.any():
                 self.table[index[new], target[new].long()] = math.log(0.995 / 0.005)
                 self.seen[index[new]] = True
-        return self.table[index].sigmoid()
+        return self.table.index_select(0, index).sigmoid()  # backward: index_add (`table[index]`'s is far slower)
 
     def role_loss(self, logits: torch.Tensor, target: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
-        q = logits.float().sigmoid()
-        b, c = q.shape
-        t = target.long().view(-1, 1)
-        pos = 0.5 * (neg_log(q.gather(1, t)) + neg_log(est.gather(1, t))).sum()
-        e, p = est.detach(), q.detach()
-        cross_1 = e * neg_log(q) + (1 - e) * neg_log(1 - q)
-        cross_2 = p * neg_log(est) + (1 - p) * neg_log(1 - est)
-        main = (pos + 0.5 * (cross_1 + cross_2).sum()) / (b * c)
-        return main + 0.5 * (epr_regularizer(q, self.k) + epr_regularizer(est, self.k))
+        x = as_float(logits)
+        return _RoleLoss.apply(x, est.to(x.dtype), target.long(), self.k)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         if index is None:
-            q = logits.float().sigmoid()
-            b, c = q.shape
-            return neg_log(q.gather(1, target.long().view(-1, 1))).sum() / (b * c) + epr_regularizer(q, self.k)
+            return _ExpectedPositives.apply(as_float(logits), target.long(), self.k, "2")
         return self.role_loss(logits, target, self.estimates(index, target))
 
     def objective(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
