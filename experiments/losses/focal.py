@@ -36,20 +36,24 @@ class _FocalReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ce, weight, gamma: float, scale: float):
         neg_ce = torch.neg(ce)
-        slope = neg_ce.exp().mul_(ce).mul_(gamma)  # γ·p·ce, p = exp(−ce)
-        one_minus = neg_ce.expm1_().neg_()  # 1 − p without cancellation
-        clamped = one_minus.clamp_min(1e-12) if gamma < 1 else one_minus
+        p = neg_ce.exp()
+        q = neg_ce.expm1_().neg_()  # 1 − p without cancellation
+        # d/dce (1 − p)^γ·ce = (1 − p)^(γ−1)·((1 − p) + γ·p·ce)
         if gamma < 1:
-            slope.mul_(one_minus >= 1e-12)
-        mod = clamped if gamma == 2 else clamped.pow(gamma - 1)  # (1 − p)^(γ−1)
-        slope.add_(clamped).mul_(mod)  # d/dce (1 − p)^γ·ce = (1 − p)^(γ−1)·((1 − p) + γ·p·ce)
-        terms = mod * clamped
+            clamped = q.clamp_min(1e-12)
+            mod = clamped.pow(gamma - 1)
+            slope = torch.mul(p, ce).mul_(gamma).mul_(q >= 1e-12).add_(clamped).mul_(mod)
+            terms = mod.mul_(clamped)
+        else:
+            mod = q if gamma == 2 else q.pow(gamma - 1)
+            slope = torch.addcmul(q, p, ce, value=gamma).mul_(mod)
+            terms = mod * q
         if weight is not None:
             terms.mul_(weight)
             slope.mul_(weight)
         ctx.save_for_backward(slope)
         ctx.scale = scale
-        return torch.dot(terms, ce) * scale
+        return torch.dot(terms, ce).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
