@@ -283,7 +283,11 @@ def table(result: dict) -> str:
 def main(sections: list[tuple[str, Callable[[], dict]]] | None = None, path: Path | None = None) -> dict:
     torch.manual_seed(0)
     np.random.seed(0)
-    result: dict = {"threads": torch.get_num_threads()}
+    from experiments.allocator import keep_freed_memory
+
+    kept = keep_freed_memory()  # as in a training run (trainer.keep_freed_memory), for the losses and the baseline alike
+    result: dict = {"threads": torch.get_num_threads(),
+                    "allocator": "glibc keeps freed memory (experiments.allocator)" if kept else "C library defaults"}
     t0 = time.perf_counter()
     for name, fn in SECTIONS if sections is None else sections:
         result[name] = fn()

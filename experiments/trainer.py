@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.allocator import keep_freed_memory
 from experiments.checkpoint import LAST, load_checkpoint, module_state, restore_module_state, save_checkpoint
 from experiments.data import Data, make_loader
 from experiments.errors import RunFailed, UserError
@@ -61,6 +62,7 @@ class TrainerConfig:
     keep_checkpoint: str = "best"
     interrupt_after: int | None = None
     claim_timeout_s: float = 1800.0
+    keep_freed_memory: bool = True  # glibc keeps freed memory: no page faults per batch (experiments.allocator)
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -365,6 +367,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
+        if cfg.keep_freed_memory:
+            keep_freed_memory()
         seed_everything(self.seed, cfg.deterministic)
         gen = torch.Generator().manual_seed(self.seed)
         model.to(self.device)
