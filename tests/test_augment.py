@@ -26,7 +26,7 @@ def reference(x: torch.Tensor, pad: int, flip: bool, seed: int) -> torch.Tensor:
 def test_batch_augment_equals_per_sample_reference(pad, flip):
     x = torch.randint(0, 256, (64, 3, 12, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     got = BatchAugment(crop_padding=pad, flip=flip)(x, torch.Generator().manual_seed(7))
-    assert torch.equal(got, reference(x, pad, flip, 7))
+    assert torch.equal(got, reference(x, pad, flip, 7)) and got.is_contiguous()
     if flip:  # both branches occur in 64 draws
         mask = torch.rand(64, generator=torch.Generator().manual_seed(7)) < 0.5
         assert 0 < int(mask.sum()) < 64
