@@ -37,3 +37,19 @@ def test_normalize_is_x_over_255_minus_mean_over_std():
     mean, std = (0.1, 0.5, 0.9), (0.2, 0.25, 0.3)
     want = torch.stack([(x[0, c].double() / 255 - mean[c]) / std[c] for c in range(3)])[None]
     assert torch.allclose(normalize(x, mean, std).double(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmented_batches_are_nhwc_in_memory_whatever_the_channel_count(channels):
+    """The layout decides which convolution runs (and its rounding): one channel must not fall back to NCHW."""
+    from experiments.data import InMemoryLoader, Meta, TensorSplit
+
+    x = torch.randint(0, 256, (20, channels, 8, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    meta = Meta(num_classes=2, class_names=["a", "b"], class_counts=torch.tensor([10, 10]),
+                mean=(0.5,) * channels, std=(0.25,) * channels)
+    loader = InMemoryLoader(TensorSplit(x, torch.arange(20) % 2), meta, 8, torch.device("cpu"), shuffle=True,
+                            generator=torch.Generator().manual_seed(0), augment=BatchAugment(1, True))
+    for batch in loader:
+        n = len(batch.y)
+        assert batch.x.stride() == (8 * 6 * channels, 1, 6 * channels, channels)
+        assert batch.x.shape == (n, channels, 8, 6)
