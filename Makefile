@@ -36,7 +36,7 @@ tables: install ## re-render tables (and figures) from existing runs only
 plots: install ## re-render tables and figures (results/figures/*.png|pdf) from existing runs
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
 
-bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json
+bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json; BENCH_PROFILE=1 adds the default profile's wall time and memory
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench
 
 train: install ## one run: make train ARGS="experiment=simloss_age seed=1"

@@ -276,7 +276,8 @@ def table(result: dict) -> str:
     if "data_path" in result:
         lines.append(f"{'data path speedup (x)':32s}{result['data_path']['speedup']:10.1f}")
     for name, section in result.get("extra", {}).items():
-        lines += [f"{name + ' ' + k:32s}{v:10.3f}" for k, v in section.items() if k.startswith("ratio")]
+        lines += [f"{name + ' ' + k:32s}{v:10.3f}" for k, v in section.items()
+                  if k.startswith("ratio") or k in ("noop_s", "first_min", "peak_memory_mb")]
     return "\n".join(lines)
 
 

@@ -9,11 +9,16 @@
 - noop_rerun: `python -m experiments.reproduce --profile smoke --exp simloss_age,simloss_cifar` (12 configs: a
   subset of the smoke profile, to stay within the bench's time budget) on a fresh results folder, then again with
   every config done: the wall time of both and their ratio.
+- profile (only with `BENCH_PROFILE=1`, ~8 minutes): `make reproduce-table`'s default profile with `--jobs 2` from
+  scratch (fresh results and data folders), then again with every config done: wall times and the peak memory of
+  the largest process.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,9 +70,9 @@ def bench_fixed_cost(runs: int = 5, own_runs: int = 2) -> dict:
             "ratio_fixed_to_own_process": round(fixed / statistics.median(own), 3)}
 
 
-def _reproduce_s(experiments: str, results: Path, data: Path) -> float:
-    args = ["--profile", "smoke", "--jobs", "2", "--exp", experiments, "--results-dir", str(results),
-            "--data-dir", str(data)]
+def _reproduce_s(experiments: str, results: Path, data: Path, profile: str = "smoke") -> float:
+    args = ["--profile", profile, "--jobs", "2", "--results-dir", str(results), "--data-dir", str(data)]
+    args += ["--exp", experiments] if experiments else []
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT, check=True, capture_output=True)
     return time.perf_counter() - t0
@@ -81,7 +86,19 @@ def bench_noop_rerun(experiments: str = NOOP_EXPERIMENTS) -> dict:
             "ratio_noop_to_first": round(noop / first, 3)}
 
 
+def bench_profile(profile: str = "default", experiments: str = "") -> dict:
+    """A whole profile (all its experiments, or those named) from scratch, then with every config done."""
+    with tempfile.TemporaryDirectory() as tmp:
+        first = _reproduce_s(experiments, Path(tmp) / "r", Path(tmp) / "data", profile)
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        noop = _reproduce_s(experiments, Path(tmp) / "r", Path(tmp) / "data", profile)
+    return {"profile": profile, "experiments": experiments or "all", "jobs": 2, "first_s": round(first, 1),
+            "first_min": round(first / 60, 2), "peak_memory_mb": round(peak_mb), "noop_s": round(noop, 1)}
+
+
 SECTIONS = [("fixed_cost_per_run", bench_fixed_cost), ("noop_rerun", bench_noop_rerun)]
+if os.environ.get("BENCH_PROFILE") == "1":
+    SECTIONS.append(("profile", bench_profile))
 
 
 if __name__ == "__main__":

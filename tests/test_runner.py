@@ -115,6 +115,8 @@ def test_bench_sections_on_tiny_sizes():
     assert fixed["runs"] == 2 and 0 < fixed["fixed_s"] < fixed["own_process_fixed_s"]
     noop = bench_runs.bench_noop_rerun("simloss_cifar")
     assert 0 < noop["noop_s"] and noop["ratio_noop_to_first"] > 0
+    whole = bench_runs.bench_profile("smoke", "simloss_age")  # BENCH_PROFILE=1 runs it on the default profile
+    assert 0 < whole["noop_s"] < whole["first_s"] and whole["peak_memory_mb"] > 0
 
 
 def _conf_copy(tmp_path, monkeypatch) -> Path:
