@@ -75,7 +75,7 @@ def discover(profile: str, only: list[str] | None, data_dir: str | None,
     from experiments.results import CODE_DIRS
 
     sources = "".join(runner.digest_file(p) for d in CODE_DIRS for p in sorted((ROOT / d).rglob("*.py")))
-    path = cache_dir / f"{runner._digest(repr((profile, only, data_dir, runner.conf_digest(), sources)))}.pkl"
+    path = cache_dir / f"{runner.digest(repr((profile, only, data_dir, runner.conf_digest(), sources)))}.pkl"
     try:
         return pickle.loads(path.read_bytes())
     except Exception:  # noqa: BLE001 — missing, truncated or foreign: compose again and overwrite it

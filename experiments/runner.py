@@ -133,7 +133,7 @@ def record_state(record: dict | None) -> str:
     return "pending"
 
 
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -161,7 +161,7 @@ class PlanCache:
         import hydra
         import omegaconf
 
-        key = _digest(f"{store.code_version()} {conf_digest()} {_digest(Path(__file__).read_text())} "
+        key = digest(f"{store.code_version()} {conf_digest()} {digest(Path(__file__).read_text())} "
                       f"{hydra.__version__} {omegaconf.__version__}")
         self.path = Path(results_dir) / "work" / "plan" / f"{key}.json"
         self.entries: dict[str, list[str]] = self._read()
@@ -175,11 +175,11 @@ class PlanCache:
 
     def identify(self, point: Point, composer: Composer) -> None:
         """Set the point's run id and dataset key, from the cache or by composing it (as `run` computes them)."""
-        key = _digest("\0".join(point.overrides))
+        key = digest("\0".join(point.overrides))
         if key not in self.entries:
             resolved = OmegaConf.to_container(composer(point.overrides)[0], resolve=True)
             dataset = json.dumps(resolved.get("dataset"), sort_keys=True, default=str)
-            self.added[key] = self.entries[key] = [store.compute_run_id(resolved), _digest(dataset)]
+            self.added[key] = self.entries[key] = [store.compute_run_id(resolved), digest(dataset)]
         point.run_id, point.dataset_key = self.entries[key]
 
     def save(self) -> None:
