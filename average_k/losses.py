@@ -26,10 +26,6 @@ LOG_EPS = 1e-5
 _DESCENT_BITS = 2  # `_kth_largest` looks at 2^bits·m candidates per step down its tree
 
 
-def neg_log(x: torch.Tensor) -> torch.Tensor:
-    return -torch.log(x + LOG_EPS)
-
-
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise UserError(f"loss.{name}={value!r}: choose one of {', '.join(map(str, allowed))}")
@@ -224,17 +220,15 @@ class TwoHeadLoss(EngineLoss):
         self.epoch = 0
         self.candidates = EpochCandidates(self.k, epoch_cap)
         self.register_buffer("tau", torch.tensor(float("nan")))
-        self.register_buffer("pos_weight", torch.ones(1), persistent=False)
-        self.pos_weight_value = 1.0  # every class gets the same pos_weight (`bind`); the BCE takes it as a scalar
+        # one pos_weight for every class, so the BCE takes it as a scalar; `balanced` needs C and is set in `bind`
+        self.pos_weight = 1.0 if pos_weight is None or pos_weight == "balanced" else float(pos_weight)
 
     def bind(self, meta: Meta) -> None:
         c = meta.num_classes
         if self.k > c:
             raise UserError(f"avgk.k={self.k} exceeds the {c} classes of the dataset; lower avgk.k")
-        w = self.pos_weight_opt
-        value = (c - self.k) / self.k if w == "balanced" else (1.0 if w is None else float(w))
-        self.pos_weight = torch.full((c,), value, device=self.pos_weight.device)
-        self.pos_weight_value = value
+        if self.pos_weight_opt == "balanced":
+            self.pos_weight = (c - self.k) / self.k
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         tau = self.candidates.threshold() if self.pl_scope == "epoch" else None
@@ -259,7 +253,7 @@ class TwoHeadLoss(EngineLoss):
     def ml_loss(self, ml_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = as_float(ml_logits)
         scale = 1.0 / (x.numel() if self.ml_reduction == "mean" else len(x))
-        return _BCEWithLogits.apply(x, labels.to(x), self.pos_weight_value, scale)
+        return _BCEWithLogits.apply(x, labels.to(x), self.pos_weight, scale)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, ml_logits: torch.Tensor | None = None,
                 update: bool = False) -> torch.Tensor:
@@ -290,12 +284,6 @@ class _SigmoidHead(EngineLoss):
 
     def scores(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"probs": outputs["logits"].float().sigmoid()}
-
-
-def epr_regularizer(q: torch.Tensor, k: float, norm: str = "2") -> torch.Tensor:
-    """(mean_i Σ_j q_ij − k)^2 / C^2 (or |·| / C^2 for norm "1")."""
-    d = q.sum() / q.shape[0] - k
-    return (d.abs() if norm == "1" else d ** 2) / q.shape[1] ** 2
 
 
 class _AssumeNegative(torch.autograd.Function):

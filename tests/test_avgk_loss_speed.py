@@ -182,3 +182,12 @@ def test_two_head_cross_entropy_when_the_target_probability_underflows():
         want.backward()
         assert got.item() == pytest.approx(want.item(), rel=1e-6)
         assert torch.allclose(a.grad, b.grad, atol=1e-7)
+
+
+def test_a_numeric_pos_weight_applies_without_bind():
+    """Drop-in use: a number needs no class count (only `balanced` does, set by `bind`)."""
+    g = torch.Generator().manual_seed(3)
+    x, labels = torch.randn(6, 4, generator=g, dtype=torch.float64), (torch.rand(6, 4, generator=g) < 0.3).double()
+    got = TwoHeadLoss(k=1.0, pos_weight=3.0).ml_loss(x, labels)
+    want = F.binary_cross_entropy_with_logits(x, labels, pos_weight=torch.full((4,), 3.0, dtype=torch.float64))
+    assert got.item() == pytest.approx(want.item(), abs=1e-12)

@@ -103,7 +103,8 @@ def two_head_ml(pos_weight, reduction):
         return loss.ml_loss(z, labels)
 
     def ref(z, y):
-        pw = loss.pos_weight.double() if loss.pos_weight.numel() > 1 else None
+        value = {None: None, "balanced": (C - 1.0) / 1.0}.get(pos_weight, pos_weight)  # (C − K)/K with K = 1
+        pw = None if value is None else torch.full((C,), float(value), dtype=torch.float64)
         per = F.binary_cross_entropy_with_logits(z, labels, pos_weight=pw, reduction="none")
         return per.mean() if reduction == "mean" else per.sum(1).mean()
 
