@@ -37,7 +37,7 @@ plots: install ## re-render tables and figures (results/figures/*.png|pdf) from 
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
 
 bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json; BENCH_PROFILE=1 adds the default profile's wall time and memory
-	OMP_NUM_THREADS=1 $(PY) -m experiments.bench
+	OMP_NUM_THREADS=1 $(PY) -m experiments.drivers.bench
 
 train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
 	$(PY) -m experiments.train $(ARGS)

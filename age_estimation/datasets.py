@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from experiments.data import Meta, TensorSplit, assemble, cache_key, cached, seeded_split
-from experiments.errors import UserError
+from experiments.engine.data import Meta, TensorSplit, assemble, cache_key, cached, seeded_split
+from experiments.engine.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -3,14 +3,14 @@
 `AgeMetrics` (argmax class, as in the official code): mae, mse, and mistake_severity = mean |ŷ − y| over
 misclassified samples. `ExpectedAgeMetrics`: mae_expected / mse_expected of the expected class Σ_c c·p_c under
 the predicted distribution; a loss whose primary scores are independent per-class scores (AN, EPR, ROLE,
-two-head head B) is read through `experiments.metrics.renormalised` (each row divided by its sum), and the run
+two-head head B) is read through `experiments.engine.metrics.renormalised` (each row divided by its sum), and the run
 records that adaptation.
 """
 from __future__ import annotations
 
 import torch
 
-from experiments.metrics import EvalOutputs, Measure, Metric
+from experiments.engine.metrics import EvalOutputs, Measure, Metric
 
 ERROR_UNITS = ("years", "classes")
 

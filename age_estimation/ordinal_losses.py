@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.data import Batch
-from experiments.losses.base import EngineLoss
+from experiments.engine.data import Batch
+from experiments.engine.loss import EngineLoss
 
 DISTANCES = {"absolute": 1, "squared": 2}
 

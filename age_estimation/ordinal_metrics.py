@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from experiments.metrics import EvalOutputs, Measure, Metric
+from experiments.engine.metrics import EvalOutputs, Measure, Metric
 
 
 def quadratic_weighted_kappa(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:

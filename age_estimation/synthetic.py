@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.stand_in import generator_sources, render, smooth_patterns
-from experiments.data import Meta, TensorSplit, assemble, cache_file, cache_key, cached, seeded_split
+from experiments.engine.stand_in import generator_sources, render, smooth_patterns
+from experiments.engine.data import Meta, TensorSplit, assemble, cache_file, cache_key, cached, seeded_split
 
 GENERATOR_VERSION = 1
 NUM_AGES = 90

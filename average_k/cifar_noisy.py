@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from experiments.data import Data, TensorSplit, class_counts, with_imbalance
-from experiments.errors import UserError
+from experiments.engine.data import Data, TensorSplit, class_counts, with_imbalance
+from experiments.engine.errors import UserError
 from image_classification.cifar import Cifar100
 
 NOISED_TOPK_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 import torch
 
 from average_k.metrics import FIT_ON_VALIDATION, avgk_threshold, k_label, per_class_mean, nanmean
-from experiments.errors import UserError
-from experiments.metrics import HIGHER, EvalOutputs, Measure, Metric
+from experiments.engine.errors import UserError
+from experiments.engine.metrics import HIGHER, EvalOutputs, Measure, Metric
 
 
 RAPS_RULES = ("official", "own_rank")

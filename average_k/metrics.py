@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import torch
 
-from experiments.errors import UserError
-from experiments.metrics import HIGHER, EvalOutputs, Measure, Metric, family
+from experiments.engine.errors import UserError
+from experiments.engine.metrics import HIGHER, EvalOutputs, Measure, Metric, family
 
 
 def k_label(k: float) -> str:

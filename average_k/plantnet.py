@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from experiments.data import Data, FolderSplit, Meta, class_counts, with_imbalance
-from experiments.errors import UserError
+from experiments.engine.data import Data, FolderSplit, Meta, class_counts, with_imbalance
+from experiments.engine.errors import UserError
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXT = (".jpg", ".jpeg", ".png")

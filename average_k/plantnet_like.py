@@ -8,7 +8,7 @@
   says nothing about which of the m species is the label, so the Bayes posterior is the class frequencies
   restricted to those m: good sets must vary in size (1 for clear images, up to 6 for the most ambiguous).
 Test images follow the same long tail (`test_fraction` of each class, at least `min_test`); validation is carved
-from the training pool by `experiments.data.assemble`.
+from the training pool by `experiments.engine.data.assemble`.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from experiments.stand_in import generator_sources, render, smooth_patterns
-from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_file, cache_key, cached
-from experiments.errors import UserError
+from experiments.engine.stand_in import generator_sources, render, smooth_patterns
+from experiments.engine.data import BatchAugment, Meta, TensorSplit, assemble, cache_file, cache_key, cached
+from experiments.engine.errors import UserError
 
 GENERATOR_VERSION = 1
 

@@ -2,7 +2,7 @@
 
 A run covers K when its loss does not depend on K (no `loss.k` option: CE thresholding, AN, …; one run serves
 every K in `avgk.eval_ks`) or when `loss.k == K` (two-head, EPR, ROLE). `by_k` is the `transform` of the
-avgk table specs; the generic renderer (experiments.tables) then does mean ± std (n), bold and significance.
+avgk table specs; the generic renderer (experiments.report.tables) then does mean ± std (n), bold and significance.
 The two-head model's head A is its own method column.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 import pandas as pd
 
 from average_k.metrics import k_label
-from experiments.matrix import only
+from experiments.report.matrix import only
 
 METHOD_NAMES = {"ce": "ce_threshold"}
 BINS = ("few", "medium", "many")

@@ -1,6 +1,6 @@
 """CIFAR-10 / CIFAR-100 readers for the standard python pickles (`cifar-10-batches-py/`, `cifar-100-python/`).
 
-Validation is carved out of the official training set by `experiments.data.assemble` (seeded), so
+Validation is carved out of the official training set by `experiments.engine.data.assemble` (seeded), so
 `val_fraction`, `val_per_class` and `imbalance` behave as for every in-memory dataset; test is the official
 test set. CIFAR-100 `classes=96` drops the four classes absent from word2vec-google-news-300 (SimLoss) and
 re-ranks the remaining labels in their original (alphabetical) order.
@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from experiments.data import BatchAugment, Meta, TensorSplit, assemble
-from experiments.errors import UserError
+from experiments.engine.data import BatchAugment, Meta, TensorSplit, assemble
+from experiments.engine.errors import UserError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)

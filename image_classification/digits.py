@@ -9,7 +9,7 @@ Splits, all drawn with `split_seed` before anything else: a balanced test split 
 then a balanced validation split (`val_per_class`) from the rest; what remains is the training pool (114–123
 images per class with the defaults 40/20). `scale` < 1 keeps the first round(scale·n) pool images of each
 class (profiles shrink it; test and validation stay whole). `imbalance` then subsamples the pool like every
-in-memory dataset (`experiments.data.assemble`); the YAML uses `n_max: smallest`, so ρ = 50 gives
+in-memory dataset (`experiments.engine.data.assemble`); the YAML uses `n_max: smallest`, so ρ = 50 gives
 114, 73, 47, 30, 20, 12, 8, 5, 3, 2 images (314 in all). Mean/std are computed from the training pool before the
 imbalance (never from validation or test), so they do not change with ρ.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from experiments.data import BatchAugment, Meta, TensorSplit, assemble, holdout_per_class
-from experiments.errors import UserError
+from experiments.engine.data import BatchAugment, Meta, TensorSplit, assemble, holdout_per_class
+from experiments.engine.errors import UserError
 
 MIN_CLASS = 174  # images of the rarest digit (8) in load_digits
 

@@ -21,9 +21,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from experiments.data import Meta
-from experiments.losses.base import EngineLoss
-from experiments.metrics import EvalOutputs, Measure, Metric
+from experiments.engine.data import Meta
+from experiments.engine.loss import EngineLoss
+from experiments.engine.metrics import EvalOutputs, Measure, Metric
 from image_classification.metrics import tree_distance
 
 

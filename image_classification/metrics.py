@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.metrics import HIGHER, EvalOutputs, Measure, Metric
+from experiments.engine.metrics import HIGHER, EvalOutputs, Measure, Metric
 
 
 def tree_distance(superclass: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_key, cached
-from experiments.errors import UserError
+from experiments.engine.data import BatchAugment, Meta, TensorSplit, assemble, cache_key, cached
+from experiments.engine.errors import UserError
 
 DROPPED = ("diamond", "car", "pool", "lane", "keep", "clear", "25", "X-crossing", "forward&right", "speed", "hump",
            "30", "slow", "school", "stripe", "forward&left", "yield")

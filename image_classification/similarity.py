@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from experiments.data import Meta, cache_key, cached
-from experiments.errors import UserError
+from experiments.engine.data import Meta, cache_key, cached
+from experiments.engine.errors import UserError
 from experiments.losses.simloss import SimLoss
 from image_classification.wordvectors import FORMATS, read_vectors
 

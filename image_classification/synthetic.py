@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.stand_in import generator_sources, render, smooth_patterns
-from experiments.data import BatchAugment, Meta, TensorSplit, assemble, cache_file, cache_key, cached
-from experiments.errors import UserError
+from experiments.engine.stand_in import generator_sources, render, smooth_patterns
+from experiments.engine.data import BatchAugment, Meta, TensorSplit, assemble, cache_file, cache_key, cached
+from experiments.engine.errors import UserError
 from image_classification.wordvectors import write_word2vec_text
 
 GENERATOR_VERSION = 1

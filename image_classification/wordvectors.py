@@ -12,8 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from experiments.data import atomic_write_bytes
-from experiments.errors import UserError
+from experiments.engine.data import atomic_write_bytes
+from experiments.engine.errors import UserError
 
 FORMATS = ("auto", "word2vec_bin", "word2vec_text", "glove")
 _CHUNK = 1 << 24

@@ -9,7 +9,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from experiments.train import compose_config, run  # noqa: E402
+from experiments.drivers.train import compose_config, run  # noqa: E402
 
 torch.set_num_threads(1)
 

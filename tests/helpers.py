@@ -1,7 +1,7 @@
 """Test-only components referenced by `_target_` in tests."""
 import torch
 
-from experiments.losses.base import EngineLoss
+from experiments.engine.loss import EngineLoss
 
 
 class NaNAfterFirstBatch(EngineLoss):

@@ -7,7 +7,7 @@ import torch
 
 from age_estimation.datasets import AFAD, UTKFace
 from age_estimation.synthetic import SyntheticAge, age_histogram
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 from tests.fixtures_formats import write_afad, write_utkface
 
 UTK_AGES = [1, 1, 2, 5, 18, 22, 23, 25, 25, 26, 27, 28, 29, 30, 30, 31, 33, 35, 38, 40,
@@ -111,7 +111,7 @@ def test_synthetic_age_split_cache_and_scale(tmp_path):
 
 
 def test_ce_model_mistakes_are_near_the_true_age(tmp_path):
-    from experiments.data import normalize
+    from experiments.engine.data import normalize
 
     data = SyntheticAge(str(tmp_path), n_images=3000, image_size=16)()
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""experiments.allocator: freed blocks stay in the process, so a training step does not fault its pages in again."""
+"""experiments.engine.allocator: freed blocks stay in the process, so a training step does not fault its pages in again."""
 import os
 import subprocess
 import sys
@@ -9,9 +9,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import copy, resource, torch
-from experiments import bench
-from experiments.allocator import keep_freed_memory
-from experiments.models import Network, small_cnn
+from experiments.drivers import bench
+from experiments.engine.allocator import keep_freed_memory
+from experiments.engine.models import Network, small_cnn
 took = keep_freed_memory()
 torch.set_num_threads(1)
 data = bench._tiny_data(1024, 10)

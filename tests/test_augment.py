@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.data import BatchAugment, normalize
+from experiments.engine.data import BatchAugment, normalize
 
 
 def reference(x: torch.Tensor, pad: int, flip: bool, seed: int) -> torch.Tensor:
@@ -42,7 +42,7 @@ def test_normalize_is_x_over_255_minus_mean_over_std():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_augmented_batches_are_nhwc_in_memory_whatever_the_channel_count(channels):
     """The layout decides which convolution runs (and its rounding): one channel must not fall back to NCHW."""
-    from experiments.data import InMemoryLoader, Meta, TensorSplit
+    from experiments.engine.data import InMemoryLoader, Meta, TensorSplit
 
     x = torch.randint(0, 256, (20, channels, 8, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     meta = Meta(num_classes=2, class_names=["a", "b"], class_counts=torch.tensor([10, 10]),

@@ -7,7 +7,7 @@ import torch
 
 from average_k.plantnet import PlantNet300K
 from average_k.plantnet_like import PlantNetLike, generate
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 
 SPECIES = ["1355868", "1355920", "1363227"]
 

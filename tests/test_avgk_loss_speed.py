@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from average_k.losses import (RegularizedOnlineLabelEstimation, TwoHeadLoss, _kth_largest, _sum_log,
                               batch_pseudo_labels)
 from average_k.metrics import budget
-from experiments.data import Meta
+from experiments.engine.data import Meta
 
 
 def reference_pseudo_labels(probs, k, targets=None, tie_rule="midpoint", budget_rule="extra"):

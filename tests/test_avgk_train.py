@@ -2,8 +2,8 @@
 per-example table, and the average-K table from the resulting runs."""
 import pytest
 
-from experiments.tables import TableSpec, render
-from experiments.results import load_runs
+from experiments.report.tables import TableSpec, render
+from experiments.store.results import load_runs
 from tests.test_avgk_data import make_plantnet
 
 KS = (1, 2, 3, 5)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from experiments import bench
+from experiments.drivers import bench
 
 
 def finite_positive(x) -> bool:

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.data import Batch
-from experiments.errors import UserError
+from experiments.engine.data import Batch
+from experiments.engine.errors import UserError
 from experiments.losses import ComplementCrossEntropy, ComplementEntropy
 
 

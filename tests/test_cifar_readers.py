@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 from image_classification.cifar import Cifar10, Cifar100
 from image_classification.similarity import embedding_cosine
 from image_classification.synthetic import SyntheticCifar

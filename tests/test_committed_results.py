@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.results import code_version
+from experiments.store.results import code_version
 
 TABLES = sorted((Path(__file__).resolve().parent.parent / "results" / "tables").glob("*.md"))
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.config import build_metrics, metric_specs
-from experiments.errors import UserError
-from experiments.metrics import Measure, Metric, describe, renormalised
-from experiments.tables import TableSpec, render
+from experiments.engine.config import build_metrics, metric_specs
+from experiments.engine.errors import UserError
+from experiments.engine.metrics import Measure, Metric, describe, renormalised
+from experiments.report.tables import TableSpec, render
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_PACKAGES = ("age_estimation", "image_classification", "average_k")
@@ -107,8 +107,8 @@ def _run(tmp_path, i, loss, value):
 
 
 def test_a_new_lower_is_better_metric_is_bolded_and_selected_as_such(tmp_path):
-    from experiments.results import load_runs
-    from experiments.trainer import OptimConfig, Trainer, TrainerConfig
+    from experiments.store.results import load_runs
+    from experiments.engine.trainer import OptimConfig, Trainer, TrainerConfig
 
     for i, (loss, v) in enumerate([("a", 0.5), ("a", 0.52), ("b", 0.1), ("b", 0.12)]):
         _run(tmp_path, i, loss, v)
@@ -122,7 +122,7 @@ def test_a_new_lower_is_better_metric_is_bolded_and_selected_as_such(tmp_path):
 
 
 def test_undeclared_selection_metric_is_refused(tmp_path):
-    from experiments.trainer import OptimConfig, Trainer, TrainerConfig
+    from experiments.engine.trainer import OptimConfig, Trainer, TrainerConfig
 
     trainer = Trainer(TrainerConfig(select_metric="val/nonsense"), OptimConfig(), tmp_path, 0)
     with pytest.raises(UserError, match="val/nonsense"):

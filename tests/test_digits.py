@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 from image_classification.digits import Digits
 
 DIGIT_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]  # load_digits().target, per class

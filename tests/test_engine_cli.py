@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["profile=smoke", "trainer.epochs=1", "trainer.progress=off", "trainer.num_workers=0"]

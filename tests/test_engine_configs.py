@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.config import check_target, dataset_node, validate
-from experiments.train import build_schedule
+from experiments.engine.config import check_target, dataset_node, validate
+from experiments.drivers.train import build_schedule
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ["dataset", "model", "loss", "optim", "schedule", "trainer", "preset", "profile", "experiment",

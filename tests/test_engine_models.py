@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from experiments import models
-from experiments.errors import UserError
+from experiments.engine import models
+from experiments.engine.errors import UserError
 from experiments.losses import LDAMLoss
-from experiments.models import Network, NormedLinear
+from experiments.engine.models import Network, NormedLinear
 
 
 @pytest.mark.parametrize("factory, size, feat", [

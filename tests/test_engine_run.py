@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from experiments.results import load_runs
+from experiments.store.results import load_runs
 
 REQUIRED = {"run_id", "experiment_name", "dataset", "model", "loss", "seed", "config", "metrics", "history",
             "selected_epoch", "status", "duration_s", "git_commit", "versions", "device", "data"}
@@ -34,7 +34,7 @@ def test_finished_run_is_skipped(train_run, results_dir):
 
 
 def test_same_seed_same_numbers(compose, tmp_path):
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     metrics = []
     for i in range(2):
@@ -46,7 +46,7 @@ def test_same_seed_same_numbers(compose, tmp_path):
 
 
 def test_interrupted_run_resumes_where_it_stopped(compose, tmp_path):
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     quiet = lambda *a: None  # noqa: E731
     cfg, ch = compose("trainer.epochs=3", f"results_dir={tmp_path / 'a'}", "trainer.interrupt_after=1")
@@ -77,7 +77,7 @@ def test_select_last_reports_final_epoch(train_run):
 
 
 def test_min_steps_raises_epochs_for_small_training_splits():
-    from experiments.trainer import Trainer, TrainerConfig
+    from experiments.engine.trainer import Trainer, TrainerConfig
 
     cfg = TrainerConfig(epochs=6, min_steps=200, batch_size=32)
     assert Trainer.step_budget(cfg, 1197).epochs == 6          # 38 batches × 6 epochs ≥ 200 steps

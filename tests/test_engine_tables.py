@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from experiments.errors import UserError
-from experiments.results import code_version, load_runs, write_record
-from experiments.tables import TableSpec, render, summarize
+from experiments.engine.errors import UserError
+from experiments.store.results import code_version, load_runs, write_record
+from experiments.report.tables import TableSpec, render, summarize
 
 INFO = {"accuracy": {"higher_is_better": True, "unit": "fraction"}}
 BASE, BETTER, SAME = [0.50, 0.52, 0.51], [0.70, 0.72, 0.69], [0.50, 0.53, 0.49]

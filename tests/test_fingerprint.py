@@ -7,7 +7,7 @@ import torch
 
 import image_classification.synthetic as synthetic
 from average_k.plantnet import PlantNet300K
-from experiments.data import Meta, TensorSplit, assemble, cached
+from experiments.engine.data import Meta, TensorSplit, assemble, cached
 from tests.test_avgk_data import make_plantnet
 
 
@@ -150,7 +150,7 @@ def test_folder_dataset_fingerprint_uses_relative_path_size_and_mtime(tmp_path):
 def test_run_record_carries_the_fingerprint(compose, name):
     import hydra
 
-    from experiments.config import dataset_node
+    from experiments.engine.config import dataset_node
 
     cfg, _ = compose(f"dataset={name}")
     data = hydra.utils.instantiate(dataset_node(cfg))()

@@ -8,9 +8,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from experiments.plots import FigureSpec, render_figure  # noqa: E402
-from experiments.results import code_version, load_runs, write_record  # noqa: E402
-from experiments.tables import TableSpec, summarize  # noqa: E402
+from experiments.report.plots import FigureSpec, render_figure  # noqa: E402
+from experiments.store.results import code_version, load_runs, write_record  # noqa: E402
+from experiments.report.tables import TableSpec, summarize  # noqa: E402
 
 INFO = {"accuracy": {"higher_is_better": True, "unit": "fraction"}}
 GAIN = {"ce": 0.0, "cce": 0.05, "focal": -0.01}
@@ -37,7 +37,7 @@ def _spec(**kw):
 
 
 def test_forest_draws_the_table_differences(runs):
-    from experiments.plots import _forest
+    from experiments.report.plots import _forest
 
     fig, ax = plt.subplots()
     _forest(ax, runs, _spec(), "test/accuracy")
@@ -64,7 +64,7 @@ def test_forest_renders_png_and_pdf(runs, tmp_path):
 
 @pytest.mark.parametrize("experiment", ["simloss_age", "simloss_cifar", "cce_imbalanced", "avgk"])
 def test_every_stand_in_experiment_declares_a_forest(experiment):
-    from experiments.train import compose_config
+    from experiments.drivers.train import compose_config
 
     cfg, _ = compose_config([f"experiment={experiment}", "profile=smoke"])
     node = OmegaConf.to_container(cfg.figures, resolve=False)["forest"]

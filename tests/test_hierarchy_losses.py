@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from experiments.data import Meta
-from experiments.metrics import EvalOutputs
+from experiments.engine.data import Meta
+from experiments.engine.metrics import EvalOutputs
 from image_classification.hierarchy import HXE, HierarchicalDistance, SoftLabels
 from image_classification.metrics import SuperclassMetrics
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.data import Meta, TensorSplit, assemble
-from experiments.errors import UserError
-from experiments.imbalance import Imbalance, counts_per_rank, select_indices
+from experiments.engine.data import Meta, TensorSplit, assemble
+from experiments.engine.errors import UserError
+from experiments.engine.imbalance import Imbalance, counts_per_rank, select_indices
 
 TOTALS = {(10, 10): 20431, (10, 50): 13996, (10, 100): 12406,
           (100, 10): 19573, (100, 50): 12608, (100, 100): 10847}

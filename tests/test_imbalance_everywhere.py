@@ -6,7 +6,7 @@ import hydra
 import pytest
 import torch
 
-from experiments.config import check_target, dataset_node
+from experiments.engine.config import check_target, dataset_node
 from tests.fixtures_formats import write_cifar10, write_cifar100
 from tests.test_road_marking import write_raw
 

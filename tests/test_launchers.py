@@ -25,7 +25,7 @@ def test_slurm_launcher_config_composes_with_its_documented_keys(compose):
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from experiments.train import CONF_DIR
+    from experiments.drivers.train import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

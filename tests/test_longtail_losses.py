@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.data import Meta
-from experiments.errors import UserError
+from experiments.engine.data import Meta
+from experiments.engine.errors import UserError
 from experiments.losses import (BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss)
 from experiments.losses.longtail import PostHocLogitAdjustment
-from experiments.metrics import EvalOutputs
+from experiments.engine.metrics import EvalOutputs
 
 COUNTS = [500, 120, 40, 9, 3]
 

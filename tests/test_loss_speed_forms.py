@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from average_k.losses import AssumeNegative, ExpectedPositives, RegularizedOnlineLabelEstimation, TwoHeadLoss
-from experiments.data import Batch, Meta
+from experiments.engine.data import Batch, Meta
 from experiments.losses import ComplementCrossEntropy, ComplementEntropy, SimLoss
 from experiments.losses.longtail import (BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss,
                                          LogitAdjustedLoss, class_balanced_weights, ldam_margins)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = sorted(p.stem for p in (ROOT / "conf" / "loss").glob("*.yaml"))
@@ -47,7 +47,7 @@ def check_invariants(rec: dict) -> None:
 @pytest.mark.parametrize("dataset", ["synthetic_age", "synthetic_cifar", "synthetic_cifar10", "plantnet_like",
                                      "digits"])
 def test_every_loss_runs_or_is_refused(dataset, compose, results_dir):
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     extra = _sweeps(compose)[dataset]
     refused = []

@@ -8,9 +8,9 @@ from age_estimation.ordinal_losses import (CDWCE, CORAL, CORN, SORD, CoralLayer,
                                            distribution_from_cumulative, level_encoding, prior_thresholds)
 from age_estimation.ordinal_metrics import OrdinalMetrics, quadratic_weighted_kappa
 from age_estimation.metrics import AgeMetrics
-from experiments.data import Meta
-from experiments.metrics import Accuracy, EvalOutputs, TopK
-from experiments.models import Network
+from experiments.engine.data import Meta
+from experiments.engine.metrics import Accuracy, EvalOutputs, TopK
+from experiments.engine.models import Network
 
 
 def meta(k):

@@ -11,10 +11,10 @@ from age_estimation.datasets import AFAD, UTKFace
 from average_k.conformal import aps_scores
 from average_k.losses import batch_pseudo_labels
 from average_k.plantnet import PlantNet300K
-from experiments import models
-from experiments.config import validate
-from experiments.errors import UserError
-from experiments.train import compose_config
+from experiments.engine import models
+from experiments.engine.config import validate
+from experiments.engine.errors import UserError
+from experiments.drivers.train import compose_config
 from image_classification.similarity import main as similarity_cli
 from image_classification.similarity import similarity_stats, stand_in_similarity
 from tests.fixtures_formats import write_afad, write_utkface
@@ -131,7 +131,7 @@ def test_utkface_official_listing_keeps_the_raceless_files_like_the_readme_layou
 
 
 def test_simloss_paper_profiles_use_official_labels_and_ten_seeds():
-    from experiments.reproduce import discover
+    from experiments.drivers.catalog import discover
 
     exps = {e.name: e for e in discover("paper", ["simloss_age_paper", "simloss_cifar_paper"], None)}
     for exp in exps.values():
@@ -204,7 +204,7 @@ def test_plantnet_v2_is_named(tmp_path):
 
 # --------------------------------------------------------------------------- item 5: CCE paper profile
 def test_cce_paper_sweeps_both_signs_focal_alpha_and_road_marking():
-    from experiments.reproduce import discover
+    from experiments.drivers.catalog import discover
 
     exp = discover("paper", ["cce_imbalanced_paper"], None)[0]
     by_loss = {}
@@ -225,7 +225,7 @@ def test_cce_paper_sweeps_both_signs_focal_alpha_and_road_marking():
 
 # --------------------------------------------------------------------------- item 8: within-budget pseudo-labels
 def test_within_budget_is_its_own_avgk_paper_method_and_averages_k():
-    from experiments.reproduce import discover
+    from experiments.drivers.catalog import discover
 
     exp = discover("paper", ["avgk_paper"], None)[0]
     within = [s for s in exp.sweeps if s.get("loss.pl_budget") == "within"]

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import experiments.checkpoint as ckpt
-import experiments.results as store
-import experiments.trainer as trainer_module
-from experiments.claims import HOST
-from experiments.errors import RunFailed, UserError
-from experiments.losses.base import CrossEntropy
-from experiments.results import load_runs
-from experiments.schedules import Cosine, MultiStep, OneCycle, Schedule
+import experiments.engine.checkpoint as ckpt
+import experiments.store.results as store
+import experiments.engine.trainer as trainer_module
+from experiments.store.claims import HOST
+from experiments.engine.errors import RunFailed, UserError
+from experiments.engine.loss import CrossEntropy
+from experiments.store.results import load_runs
+from experiments.engine.schedules import Cosine, MultiStep, OneCycle, Schedule
 from tests.test_avgk_data import make_plantnet
 from tests.test_engine_cli import ROOT
 
@@ -86,7 +86,7 @@ def same_numbers(a: dict, b: dict) -> None:
 
 # ---------------------------------------------------------------------- pre-emption
 def test_sigterm_mid_epoch_stops_after_the_batch_and_resumes_exactly(compose, tmp_path, sigterm_at):
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     cfg, ch = compose(*SMALL, f"results_dir={tmp_path / 'a'}")
     sigterm_at(epoch=2, batch=3)
@@ -107,7 +107,7 @@ def test_sigterm_mid_epoch_stops_after_the_batch_and_resumes_exactly(compose, tm
 @pytest.mark.parametrize("workers", [0, 2])
 def test_streamed_folder_run_resumes_mid_epoch_exactly(compose, tmp_path, sigterm_at, workers):
     """A folder dataset streamed through a DataLoader (random crops in the workers or the main process)."""
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     root = make_plantnet(tmp_path / "pn", per_class=(6, 3, 3), size=(24, 20))
     args = ("dataset=plantnet300k", f"dataset.root={root}", "dataset.resize=20", "dataset.crop=16",
@@ -167,7 +167,7 @@ def test_submitit_requeues_a_timed_out_job_which_resumes(tmp_path, data_dir, com
     logs = "".join(p.read_text() for p in res.glob("logs/adhoc/multirun_*/.submitit/*/*_0_log.*"))
     assert "Requeued job" in logs and "resuming from epoch" in logs, (out + err + logs)[-3000:]
     (path,) = (res / "runs" / "adhoc").glob("*.json")
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     straight = run(*compose(*SMALL[:-1], "trainer.epochs=14", "loss._target_=tests.test_reliability.SlowCE",
                             "+loss.delay=0.0", f"results_dir={tmp_path / 'b'}"), log=QUIET)
@@ -176,7 +176,7 @@ def test_submitit_requeues_a_timed_out_job_which_resumes(tmp_path, data_dir, com
 
 # ---------------------------------------------------------------------- corrupt and half-written files
 def _interrupted_after_one_epoch(compose, res: Path) -> Path:
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     part = run(*compose(*SMALL, f"results_dir={res}", "trainer.interrupt_after=1"), log=QUIET)
     assert part["status"] == "interrupted"
@@ -186,7 +186,7 @@ def _interrupted_after_one_epoch(compose, res: Path) -> Path:
 
 KILLED_MID_WRITE = """
 import os, signal, sys
-from experiments.checkpoint import atomic_write
+from experiments.engine.checkpoint import atomic_write
 
 def half(f):
     f.write(b"PK\\x03\\x04 half a checkpoint")
@@ -199,7 +199,7 @@ atomic_write(sys.argv[1], half)
 
 
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(compose, tmp_path):
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     last = _interrupted_after_one_epoch(compose, tmp_path / "a")
     before = last.read_bytes()
@@ -215,7 +215,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(compose, tmp_
 
 
 def test_truncated_checkpoint_is_set_aside_with_one_warning_and_the_run_starts_over(compose, tmp_path, capsys):
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     last = _interrupted_after_one_epoch(compose, tmp_path / "a")
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
@@ -230,7 +230,7 @@ def test_truncated_checkpoint_is_set_aside_with_one_warning_and_the_run_starts_o
 
 
 def test_checkpoint_of_other_code_is_not_resumed(compose, tmp_path, monkeypatch):
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     _interrupted_after_one_epoch(compose, tmp_path / "a")
     monkeypatch.setattr(store, "code_version", lambda: "edited")
@@ -267,7 +267,7 @@ def test_run_of_other_code_version_is_stale_and_rerun(compose, train_run, result
     first = train_run()
     assert first["code_version"] == "v1" and train_run().get("skipped")
     monkeypatch.setattr(store, "code_version", lambda: "v2")
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     logs = []
     again = run(*compose(), log=logs.append)
@@ -307,7 +307,7 @@ def test_live_claim_makes_run_return_claimed_and_train_nothing(compose, train_ru
     {"pid": 2**22 + 12345},                                                 # this host, a process that is gone
 ])
 def test_stale_claim_is_taken_over(compose, results_dir, holder):
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     path = _claim_file(results_dir, _run_id(compose), **holder)
     logs = []
@@ -334,7 +334,7 @@ def test_claim_is_released_when_the_run_fails(train_run, results_dir):
 
 def test_claim_taken_over_while_training_stops_the_run(compose, results_dir, monkeypatch):
     """A process that stalled past the timeout finds at its next heartbeat that another one took its claim."""
-    from experiments.train import run
+    from experiments.drivers.train import run
 
     original = trainer_module.make_loader
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import reproduce, runner
+from experiments.drivers import reproduce, runner
 
 TABLES = ["simloss_age", "simloss_cifar", "cce_imbalanced", "cce_imbalanced_shots", "avgk", "avgk_fewshot"]
 EXPERIMENTS = "simloss_age,simloss_cifar,cce_imbalanced,avgk"

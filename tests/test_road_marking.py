@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 from image_classification.road_marking import DROPPED, RoadMarking, main, prepare
 
 # class -> number of annotations; "car" and "X-crossing" are among the 17 dropped classes

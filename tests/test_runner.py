@@ -13,19 +13,19 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from experiments import reproduce, runner
-from experiments import results as store
-from experiments.train import compose_config
+from experiments.drivers import catalog, runner
+from experiments.store import results as store
+from experiments.drivers.train import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny(name: str, sweep: dict[str, str], data_dir: Path, seeds: str = "0") -> reproduce.Experiment:
-    return reproduce.Experiment(name, name, [{**sweep, "trainer.epochs": "1"}], [], [], seeds, data_dir)
+def tiny(name: str, sweep: dict[str, str], data_dir: Path, seeds: str = "0") -> catalog.Experiment:
+    return catalog.Experiment(name, name, [{**sweep, "trainer.epochs": "1"}], [], [], seeds, data_dir)
 
 
 def test_sweep_expansion_and_run_ids_equal_hydra_multirun_composed_one_by_one(tmp_path, data_dir):
-    exp = reproduce.discover("smoke", ["cce_imbalanced"], str(data_dir))[0]
+    exp = catalog.discover("smoke", ["cce_imbalanced"], str(data_dir))[0]
     points = runner.plan([exp], "smoke", tmp_path)
     expected = []
     for sweep in exp.sweeps:
@@ -56,7 +56,7 @@ def test_a_refused_config_gets_a_refused_record_and_counts_as_done(tmp_path, dat
 
 
 def _hold_claim(path: Path) -> subprocess.Popen:
-    code = ("import sys, time\nfrom experiments.claims import Claim\n"
+    code = ("import sys, time\nfrom experiments.store.claims import Claim\n"
             f"assert Claim({str(path)!r}, 600).acquire() is None\nprint('held', flush=True)\ntime.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -109,7 +109,7 @@ def test_two_drivers_on_one_results_folder_train_each_config_once(tmp_path, data
 
 
 def test_bench_sections_on_tiny_sizes():
-    from experiments import bench_runs
+    from experiments.drivers import bench_runs
 
     fixed = bench_runs.bench_fixed_cost(runs=2, own_runs=1)
     assert fixed["runs"] == 2 and 0 < fixed["fixed_s"] < fixed["own_process_fixed_s"]
@@ -122,12 +122,13 @@ def test_bench_sections_on_tiny_sizes():
 def _conf_copy(tmp_path, monkeypatch) -> Path:
     import shutil
 
-    from experiments import train
+    from experiments.drivers import train
 
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
     monkeypatch.setattr(runner, "CONF_DIR", conf)
     monkeypatch.setattr(train, "CONF_DIR", conf)
+    monkeypatch.setattr(catalog, "CONF_DIR", conf)
     return conf
 
 
@@ -149,20 +150,20 @@ def test_editing_an_experiment_yaml_replans_its_run_ids(tmp_path, monkeypatch, d
 def test_discover_is_cached_and_the_cache_follows_the_config_tree(tmp_path, monkeypatch, data_dir):
     conf = _conf_copy(tmp_path, monkeypatch)
     cache = tmp_path / "discover"
-    first = reproduce.discover("smoke", ["simloss_age"], str(data_dir), cache)
-    assert first == reproduce.discover("smoke", ["simloss_age"], str(data_dir))
+    first = catalog.discover("smoke", ["simloss_age"], str(data_dir), cache)
+    assert first == catalog.discover("smoke", ["simloss_age"], str(data_dir))
 
     def composing(*args):
         raise AssertionError("composed although nothing changed")
 
     with monkeypatch.context() as m:
-        m.setattr(reproduce, "_discover", composing)
-        assert reproduce.discover("smoke", ["simloss_age"], str(data_dir), cache) == first
+        m.setattr(catalog, "_discover", composing)
+        assert catalog.discover("smoke", ["simloss_age"], str(data_dir), cache) == first
     yaml = conf / "experiment" / "simloss_age.yaml"
     yaml.write_text(yaml.read_text().replace("smoke: \"0.0,0.5,0.9\"", "smoke: \"0.0,0.9\""))
-    (again,) = reproduce.discover("smoke", ["simloss_age"], str(data_dir), cache)
+    (again,) = catalog.discover("smoke", ["simloss_age"], str(data_dir), cache)
     assert again.sweeps != first[0].sweeps and again.sweeps == [{"loss.r": "0.0,0.9"}]
     (cache / "junk.pkl").write_bytes(b"not a pickle")
     for path in cache.glob("*.pkl"):
         path.write_bytes(b"\x80garbage")
-    assert reproduce.discover("smoke", ["simloss_age"], str(data_dir), cache) == [again]
+    assert catalog.discover("smoke", ["simloss_age"], str(data_dir), cache) == [again]

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.data import Meta
-from experiments.errors import UserError
+from experiments.engine.data import Meta
+from experiments.engine.errors import UserError
 from experiments.losses import SimLoss
 from image_classification.similarity import ConfiguredSimLoss
 

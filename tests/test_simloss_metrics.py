@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from age_estimation.metrics import AgeMetrics, ExpectedAgeMetrics
-from experiments.data import Meta
-from experiments.metrics import EvalOutputs, pairing
+from experiments.engine.data import Meta
+from experiments.engine.metrics import EvalOutputs, pairing
 from image_classification.metrics import SuperclassMetrics, tree_distance
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.config import build_components
-from experiments.errors import UserError
+from experiments.engine.config import build_components
+from experiments.engine.errors import UserError
 from tests.fixtures_formats import write_afad, write_cifar10, write_cifar100, write_utkface
 
 QUICK = ("trainer.epochs=1", "trainer.progress=off", "trainer.num_workers=0", "trainer.cpu_threads=1")

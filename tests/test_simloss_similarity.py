@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.data import Meta
-from experiments.errors import UserError
+from experiments.engine.data import Meta
+from experiments.engine.errors import UserError
 from image_classification.similarity import ConfiguredSimLoss
 from image_classification.cifar import OFFICIAL_QUERY_WORDS, SIMLOSS_DROPPED
 from image_classification.similarity import (embedding_cosine, lower_bound_rescale, ordinal_similarity,
@@ -141,8 +141,8 @@ def test_official_spellings_keep_torchvision_order_for_96_classes():
 def test_similarity_from_npy_and_csv_files(tmp_path):
     import numpy as np
 
-    from experiments.data import Meta
-    from experiments.errors import UserError
+    from experiments.engine.data import Meta
+    from experiments.engine.errors import UserError
     from image_classification.similarity import ConfiguredSimLoss
 
     meta = Meta(num_classes=3, class_names=list("abc"), class_counts=torch.ones(3))
@@ -163,7 +163,7 @@ def test_similarity_from_npy_and_csv_files(tmp_path):
 
 
 def test_missing_class_word_names_it_and_the_official_spelling(tmp_path):
-    from experiments.errors import UserError
+    from experiments.engine.errors import UserError
     from image_classification.similarity import class_vectors
 
     path = tmp_path / "vectors.txt"

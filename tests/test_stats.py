@@ -1,11 +1,11 @@
-"""experiments.stats against answers computed by hand or by an independent formula."""
+"""experiments.report.stats against answers computed by hand or by an independent formula."""
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from experiments import stats
+from experiments.report import stats
 
 
 def test_paired_interval_and_p_match_a_hand_computation():

@@ -2,9 +2,9 @@
 import pandas as pd
 import pytest
 
-from experiments.errors import UserError
-from experiments.tables import TableSpec, render
-from experiments.tuning import chosen_curve, grid_means, select_on_validation
+from experiments.engine.errors import UserError
+from experiments.report.tables import TableSpec, render
+from experiments.report.tuning import chosen_curve, grid_means, select_on_validation
 
 MEASURES = {"mae": {"higher_is_better": False, "unit": "years"},
             "accuracy": {"higher_is_better": True, "unit": "fraction"},
@@ -39,7 +39,7 @@ def runs():
 def spec(**options):
     base = {"select": "val/mae", "methods": METHODS}
     return TableSpec(experiment="ordinal_age", rows=["dataset", "method", "chosen"], metrics=["test/mae"],
-                     transform="experiments.tuning.select_on_validation", baseline={"method": "ce"},
+                     transform="experiments.report.tuning.select_on_validation", baseline={"method": "ce"},
                      options={**base, **options})
 
 

@@ -1,10 +1,14 @@
 """Drop-in losses: every class here is an `nn.Module` called as `loss(logits, target)` with integer targets.
 
-Each paper's losses live in their own module and are re-exported here, so users write
-`from experiments.losses import SimLoss`. See `base.py` for the engine protocol.
+The engine-independent loss library (CE, SimLoss with a given S, CCE/COT, focal and the long-tail baselines),
+re-exported so users write `from experiments.losses import SimLoss`. Task-specific losses (SimLoss's S from a
+dataset, ordinal losses, the Average-K losses) live in the task folders. The engine protocol every loss follows
+is `experiments.engine.loss.EngineLoss`.
 """
-from experiments.losses.base import CrossEntropy, EngineLoss
+from experiments.engine.loss import CrossEntropy, EngineLoss
+from experiments.losses.complement import ComplementCrossEntropy, ComplementEntropy
+from experiments.losses.longtail import BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss
+from experiments.losses.simloss import SimLoss
 
-__all__ = ["CrossEntropy", "EngineLoss"]
-from experiments.losses.complement import ComplementCrossEntropy, ComplementEntropy; from experiments.losses.longtail import BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss  # noqa: E402,E702 (CCE)
-from experiments.losses.simloss import SimLoss  # noqa: E402,F401
+__all__ = ["CrossEntropy", "EngineLoss", "ComplementCrossEntropy", "ComplementEntropy", "BalancedSoftmax",
+           "ClassBalancedLoss", "FocalLoss", "LDAMLoss", "LogitAdjustedLoss", "SimLoss"]

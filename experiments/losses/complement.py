@@ -28,15 +28,14 @@ baseline: one update on CE + complement loss.
 from __future__ import annotations
 
 import math
-
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from experiments.data import Batch
-from experiments.errors import UserError
-from experiments.losses.base import EngineLoss, StepFn
+from experiments.engine.data import Batch
+from experiments.engine.errors import UserError
+from experiments.engine.loss import EngineLoss, StepFn
 from experiments.losses.focal import as_float
 
 _NORMS = ("K_minus_1", "K")

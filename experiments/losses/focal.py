@@ -10,9 +10,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from experiments.data import Meta
-from experiments.errors import UserError
-from experiments.losses.base import EngineLoss
+from experiments.engine.data import Meta
+from experiments.engine.errors import UserError
+from experiments.engine.loss import EngineLoss
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:

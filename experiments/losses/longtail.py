@@ -17,11 +17,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from experiments.data import Meta
-from experiments.errors import UserError
-from experiments.losses.base import EngineLoss
+from experiments.engine.data import Meta
+from experiments.engine.errors import UserError
+from experiments.engine.loss import EngineLoss
+from experiments.engine.metrics import HIGHER, Accuracy, ClassAccuracy, EvalOutputs, Measure, Metric
 from experiments.losses.focal import FocalLoss, as_float, focal_loss, softplus_and_sigmoid  # noqa: F401 (re-export)
-from experiments.metrics import HIGHER, Accuracy, ClassAccuracy, EvalOutputs, Measure, Metric
 
 
 def class_balanced_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:

@@ -14,10 +14,8 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
-from experiments.data import Meta
-from experiments.losses.base import EngineLoss
+from experiments.engine.loss import EngineLoss
 
 IMPLS = ("logsumexp", "prob")
 _IMPL_ALIASES = {"official_prob": "prob"}

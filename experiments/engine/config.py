@@ -11,15 +11,15 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.data import Data
-from experiments.errors import UserError
-from experiments.losses.base import EngineLoss
-from experiments.metrics import Metric, check_kinds, pairing
-from experiments.models import Network
-from experiments.trainer import OptimConfig, TrainerConfig
+from experiments.engine.data import Data
+from experiments.engine.errors import UserError
+from experiments.engine.loss import EngineLoss
+from experiments.engine.metrics import Metric, check_kinds, pairing
+from experiments.engine.models import Network
+from experiments.engine.trainer import OptimConfig, TrainerConfig
 
 ENGINE_SUPPLIED = {"model": {"in_channels", "image_size"}}
-METRIC_SETS = Path(__file__).resolve().parent.parent / "conf" / "metrics"
+METRIC_SETS = Path(__file__).resolve().parents[2] / "conf" / "metrics"
 
 
 @dataclass
@@ -169,11 +169,11 @@ def build_components(cfg: DictConfig) -> tuple[Data, EngineLoss, Network, dict[s
     if not isinstance(data, Data):
         data = data()
     if not isinstance(data, Data):
-        raise UserError(f"dataset._target_={cfg.dataset._target_} did not produce experiments.data.Data")
+        raise UserError(f"dataset._target_={cfg.dataset._target_} did not produce experiments.engine.data.Data")
     loss = _instantiate(cfg.loss, "loss")
     if not isinstance(loss, EngineLoss):
-        raise UserError(f"loss._target_={cfg.loss._target_} is not an experiments.losses.base.EngineLoss; "
-                        f"subclass it (see experiments/losses/base.py)")
+        raise UserError(f"loss._target_={cfg.loss._target_} is not an experiments.engine.loss.EngineLoss; "
+                        f"subclass it (see experiments/engine/loss.py)")
     try:
         loss.bind(data.meta)
     except ValueError as e:

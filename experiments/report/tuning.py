@@ -1,6 +1,6 @@
 """Fair tuning: each method's one hyper-parameter is chosen on validation; tables show the test runs of that value.
 
-Table (or figure) `options` of `transform: experiments.tuning.select_on_validation`:
+Table (or figure) `options` of `transform: experiments.report.tuning.select_on_validation`:
 
     options:
       select: val/mae                  # a validation metric; its direction is read from the runs' declared measures
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from experiments.errors import UserError
-from experiments.metrics import family
-from experiments.tables import measure
+from experiments.engine.errors import UserError
+from experiments.engine.metrics import family
+from experiments.report.tables import measure
 
 NO_KNOB = "—"
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.data import atomic_write_bytes
-from experiments.results import code_version
-from experiments.tables import current_runs, measure
+from experiments.engine.data import atomic_write_bytes
+from experiments.report.tables import current_runs, measure
+from experiments.store.results import code_version
 
 
 def only(runs: pd.DataFrame, spec) -> pd.DataFrame:
@@ -81,7 +81,7 @@ def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None =
         lines += [f"| {loss} | " + " | ".join(_cell(v) for v in row) + " |" for loss, row in table.iterrows()]
     lines += ["", "Rank 1 = best mean over seeds of: " + ", ".join(f"{d}: {m}" for d, m in headline.items())
               + " (direction as each metric declares it; ties share the average rank). Mean rank over the datasets"
-              " where the loss ran; losses that run on fewer datasets are listed after the others.", f"Runs made by code version {code_version()} (experiments.results.code_version)."]
+              " where the loss ran; losses that run on fewer datasets are listed after the others.", f"Runs made by code version {code_version()} (experiments.store.results.code_version)."]
     atomic_write_bytes(out_dir / f"{spec.stem}.md", ("\n".join(lines) + "\n").encode())
     tex = table.map(_cell).to_latex(escape=True) if not table.empty else "% no completed runs\n"
     atomic_write_bytes(out_dir / f"{spec.stem}.tex", tex.encode())

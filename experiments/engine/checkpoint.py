@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 from torch import nn
 
-from experiments.errors import WriteError, warn
+from experiments.engine.errors import WriteError, warn
 
 LAST = "last.pt"
 REQUIRED = ("model", "loss", "optimizers", "schedulers", "scaler", "rng", "history", "best", "epoch")

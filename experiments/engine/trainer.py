@@ -1,10 +1,10 @@
 """The shared trainer: train → select on validation → test the selected checkpoint once.
 
-It talks to the loss only through `experiments.losses.base.EngineLoss` hooks and to metrics only through
-`experiments.metrics.Metric`; it never names a loss, dataset or paper. `Trainer.fit` is its pieces in order:
+It talks to the loss only through `experiments.engine.loss.EngineLoss` hooks and to metrics only through
+`experiments.engine.metrics.Metric`; it never names a loss, dataset or paper. `Trainer.fit` is its pieces in order:
 `_set_up` (optimisers, schedules, resume), `_train_epoch`, `_end_epoch` (evaluate, select, early stop), `_save`
 (the checkpoint) and `_final_test`. The optimiser is the `optim` node (a torch.optim `_target_` and its keyword
-arguments), the learning-rate schedule an `experiments.schedules.Schedule`.
+arguments), the learning-rate schedule an `experiments.engine.schedules.Schedule`.
 
 `fit` stops when `stop()` names a reason (a signal; `trainer.interrupt_after` at epoch boundaries): it finishes
 the current batch, checkpoints and returns `interrupted`. Resuming mid-epoch restores the data generator of the
@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.allocator import keep_freed_memory
-from experiments.checkpoint import LAST, load_checkpoint, module_state, restore_module_state, save_checkpoint
-from experiments.data import Data, make_loader
-from experiments.errors import RunFailed, UserError
-from experiments.losses.base import EngineLoss
-from experiments.metrics import EvalOutputs, Metric, measure_of
-from experiments.progress import Progress
-from experiments.schedules import Constant, Schedule
+from experiments.engine.allocator import keep_freed_memory
+from experiments.engine.checkpoint import LAST, load_checkpoint, module_state, restore_module_state, save_checkpoint
+from experiments.engine.data import Data, make_loader
+from experiments.engine.errors import RunFailed, UserError
+from experiments.engine.loss import EngineLoss
+from experiments.engine.metrics import EvalOutputs, Metric, measure_of
+from experiments.engine.progress import Progress
+from experiments.engine.schedules import Constant, Schedule
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrainerConfig:
     keep_checkpoint: str = "best"
     interrupt_after: int | None = None
     claim_timeout_s: float = 1800.0
-    keep_freed_memory: bool = True  # glibc keeps freed memory: no page faults per batch (experiments.allocator)
+    keep_freed_memory: bool = True  # glibc keeps freed memory: no page faults per batch (experiments.engine.allocator)
 
     def check(self) -> None:
         if self.epochs < 1:

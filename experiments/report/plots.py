@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.checkpoint import atomic_write
-from experiments.metrics import Measure, family
-from experiments.tables import TableSpec, current_runs, summarize
+from experiments.engine.checkpoint import atomic_write
+from experiments.engine.metrics import Measure, family
+from experiments.report.matrix import rank_heatmap
+from experiments.report.tables import TableSpec, current_runs, summarize
 
 
 @dataclass
@@ -214,9 +215,7 @@ def _forest(ax, df, spec, metric):
 
 
 def _heatmap(ax, df, spec, _metric):
-    """The rank of each loss (rows) per dataset (columns) by `options.headline` (experiments.matrix)."""
-    from experiments.matrix import rank_heatmap
-
+    """The rank of each loss (rows) per dataset (columns) by `options.headline` (experiments.report.matrix)."""
     rank_heatmap(ax, df, spec, spec.options["headline"])
 
 

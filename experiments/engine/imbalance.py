@@ -10,8 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from experiments.errors import UserError
-
+from experiments.engine.errors import UserError
 
 _CHOICES = {"profile": ("exp", "step"), "order": ("label", "alphabetical"),
             "select": ("seeded", "last_by_name"), "counts": ("ldam", "official"), "n_max": ("largest", "smallest")}

@@ -1,7 +1,7 @@
 """The reproduce driver's engine: sweep points expanded and composed in-process, planned against the results
 store (finished configs are never launched), the rest run by a pool of long-lived worker processes.
 
-A worker imports torch once and calls `experiments.train.run` for many configs; configs sharing a dataset go to
+A worker imports torch once and calls `experiments.drivers.train.run` for many configs; configs sharing a dataset go to
 the same worker where possible. A config that cannot run (`UserError`) gets a `refused` record; one claimed by
 another live process (`status: claimed`) is polled until it is finished elsewhere or its claim goes stale.
 """
@@ -26,9 +26,9 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments import results as store
-from experiments.errors import RunFailed, UserError
-from experiments.train import CONF_DIR, compose_config
+from experiments.drivers.train import CONF_DIR, compose_config, run
+from experiments.engine.errors import RunFailed, UserError
+from experiments.store import results as store
 
 
 @dataclass
@@ -75,7 +75,7 @@ def sweep_points(args: list[str]) -> list[list[str]]:
 
 
 def expand(exp: Any, profile: str, results_dir: Path) -> list[Point]:
-    """Every config of an experiment's sweeps (`reproduce.Experiment`), in Hydra's order."""
+    """Every config of an experiment's sweeps (`catalog.Experiment`), in Hydra's order."""
     base = exp.base_overrides(profile, results_dir)
     points = []
     for i, args in enumerate(exp.sweep_args(profile, results_dir)):
@@ -228,7 +228,6 @@ def execute(overrides: list[str], composer: Composer) -> dict:
     """Run one config in this process (a worker): its status, wall time, training-epoch time and error."""
     import torch
 
-    from experiments.train import run
 
     t0 = time.perf_counter()
     try:
@@ -284,7 +283,6 @@ class Worker:
 
 class Pool:
     """`size` spawned worker processes, each with its own inbox and one shared outbox."""
-
     def __init__(self, size: int) -> None:
         self.ctx = mp.get_context("spawn")
         self.outbox = self.ctx.Queue()

@@ -33,7 +33,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from experiments.errors import UserError
+from experiments.engine.checkpoint import set_aside
+from experiments.engine.errors import UserError
+from experiments.engine.imbalance import Imbalance, select_indices
 
 
 @dataclass
@@ -74,7 +76,6 @@ class Meta:
 
 class TensorSplit:
     """A split held in memory: `x` uint8 (N, C, H, W), `y` int64 (N,)."""
-
     def __init__(self, x: torch.Tensor, y: torch.Tensor, names: Sequence[str] | None = None):
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"TensorSplit wants uint8 N×C×H×W images, got {x.dtype} {tuple(x.shape)}")
@@ -101,7 +102,6 @@ class TensorSplit:
 
 class FolderSplit(torch.utils.data.Dataset):
     """A split streamed from image files through a torchvision transform; yields (x, y, index)."""
-
     def __init__(self, files: Sequence[str | os.PathLike], y: torch.Tensor, transform: Callable):
         if len(files) != len(y):
             raise ValueError(f"FolderSplit: {len(files)} files but {len(y)} labels")
@@ -201,7 +201,6 @@ def data_fingerprint(data: "Data") -> str:
 @dataclass
 class BatchAugment:
     """Random crop with zero padding and horizontal flip, applied to a whole uint8 batch at once."""
-
     crop_padding: int = 0
     flip: bool = False
 
@@ -235,7 +234,6 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtyp
 # --------------------------------------------------------------------------- loaders
 class InMemoryLoader:
     """Batches of an in-memory split, kept on `device`; shuffling and augmentation use `generator`."""
-
     def __init__(self, split: TensorSplit, meta: Meta, batch_size: int, device: torch.device, *,
                  shuffle: bool, generator: torch.Generator | None = None, augment: BatchAugment | None = None,
                  drop_last: bool = False):
@@ -288,7 +286,6 @@ def _seed_worker(worker_id: int) -> None:
 
 class StreamLoader:
     """Wraps a torch DataLoader over a FolderSplit so it yields `Batch`es."""
-
     def __init__(self, split: FolderSplit, batch_size: int, device: torch.device, *, shuffle: bool,
                  generator: torch.Generator | None, num_workers: int, drop_last: bool = False):
         self.device = device
@@ -394,7 +391,6 @@ def _load(path: Path) -> Any:
     try:
         return torch.load(path, weights_only=False)
     except Exception as e:  # noqa: BLE001 — any unreadable cache is moved aside and rebuilt
-        from experiments.checkpoint import set_aside
 
         set_aside(path, f"cache, {type(e).__name__}", "rebuilt")
         return _MISSING
@@ -451,9 +447,8 @@ def assemble(train_pool: TensorSplit, test: TensorSplit, meta: Meta, *, val: Ten
 
 
 def with_imbalance(data: Data, imbalance: dict | None) -> Data:
-    """`data` with its training split subsampled per class by `imbalance` (experiments/imbalance.py; ratio 1 or
+    """`data` with its training split subsampled per class by `imbalance` (experiments/engine/imbalance.py; ratio 1 or
     None keeps it whole) and `meta.class_counts` set from it. Works on in-memory and streamed splits alike."""
-    from experiments.imbalance import Imbalance, select_indices
 
     spec = Imbalance(**(imbalance or {}))
     train = data.train

@@ -3,7 +3,7 @@
 `run_id` hashes the resolved config without volatile keys (paths, device, display, sweep/table specs), so
 the same experiment on another machine or data location is the same run. Writes are atomic (temp + fsync +
 rename). `load_runs(results_dir)` is the one API for tables, plots and notebooks; it skips an unreadable run JSON
-with one warning line naming it. Claims of runs being trained live in `<results_dir>/claims/` (experiments.claims).
+with one warning line naming it. Claims of runs being trained live in `<results_dir>/claims/` (experiments.store.claims).
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.checkpoint import atomic_write
-from experiments.errors import warn
+from experiments.engine.checkpoint import atomic_write
+from experiments.engine.errors import warn
 
 SCHEMA_VERSION = 1
 
@@ -90,7 +90,7 @@ def read_record(path: Path, warn_unreadable: bool = False) -> dict | None:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5).stdout.strip()
@@ -101,13 +101,14 @@ def git_commit() -> str:
     return (sha or "unknown") + ("-dirty" if dirty else "")
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # What can change a result: the engine, the task packages and the config tree; not how results are shown.
 CODE_DIRS = ("experiments", "age_estimation", "image_classification", "average_k")
-PRESENTATION = ("experiments/tables.py", "experiments/plots.py", "experiments/reproduce.py", "experiments/bench.py",
-                "experiments/bench_runs.py", "experiments/plan.py", "experiments/progress.py",
-                "experiments/callbacks.py", "experiments/matrix.py", "experiments/stats.py", "experiments/tuning.py",
-                "experiments/runner.py", "average_k/tables.py")
+PRESENTATION = ("experiments/report/tables.py", "experiments/report/plots.py", "experiments/report/matrix.py",
+                "experiments/report/stats.py", "experiments/report/tuning.py", "experiments/drivers/reproduce.py",
+                "experiments/drivers/catalog.py", "experiments/drivers/bench.py", "experiments/drivers/bench_runs.py",
+                "experiments/drivers/plan.py", "experiments/drivers/runner.py", "experiments/engine/progress.py",
+                "experiments/engine/callbacks.py", "experiments/reproduce.py", "average_k/tables.py")
 ENGINE_READ_CONFIG = ("conf/metrics",)   # config the engine reads outside the composed run config
 
 

@@ -33,8 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments import bench_runs
-from experiments.data import BatchAugment, Data, InMemoryLoader, Meta, TensorSplit
+from experiments.drivers import bench_runs
+from experiments.engine.allocator import keep_freed_memory
+from experiments.engine.data import BatchAugment, Data, InMemoryLoader, Meta, TensorSplit
+from experiments.engine.models import Network, small_cnn
+from experiments.engine.trainer import OptimConfig, Trainer, TrainerConfig
+from experiments.losses import ComplementCrossEntropy, ComplementEntropy, CrossEntropy, SimLoss
+from experiments.losses.longtail import BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss
 
 LossCase = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CLASSES = (100, 1081)
@@ -50,9 +55,6 @@ def loss_cases(meta: Meta, batch: int) -> dict[str, LossCase]:
     """name -> fn(logits, target), every loss of the suite built through its public constructor and `bind(meta)`."""
     from hydra.utils import get_class
 
-    from experiments.losses import ComplementCrossEntropy, ComplementEntropy, CrossEntropy, SimLoss
-    from experiments.losses.longtail import (BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss,
-                                             LogitAdjustedLoss)
 
     # the task package's losses reach the engine by their config `_target_`, as in a run
     AssumeNegative, ExpectedPositives, RegularizedOnlineLabelEstimation, TwoHeadLoss = (
@@ -159,9 +161,6 @@ def _tiny_data(n: int, classes: int, size: int = 32) -> Data:
 
 
 def _fit_seconds(model: torch.nn.Module, data: Data, batch: int, epochs: int) -> float:
-    from experiments.losses import CrossEntropy
-    from experiments.trainer import OptimConfig, Trainer, TrainerConfig
-
     cfg = TrainerConfig(epochs=epochs, batch_size=batch, device="cpu", num_workers=0, progress="off",
                         select_metric="last", keep_checkpoint="none")
     with tempfile.TemporaryDirectory() as work:
@@ -191,8 +190,6 @@ def _bare_seconds(model: torch.nn.Module, data: Data, batch: int, epochs: int) -
 def bench_trainer(n: int = 2048, batch: int = 128, epochs: tuple[int, int] = (1, 3), width: int = 8,
                   repeats: int = 5) -> dict:
     """Per-epoch cost from the difference of E1- and E2-epoch runs (set-up and the final test cancel out)."""
-    from experiments.models import Network, small_cnn
-
     data = _tiny_data(n, 10)
     torch.manual_seed(0)
     model = Network(small_cnn(width=width), 10)
@@ -284,17 +281,16 @@ def table(result: dict) -> str:
 def main(sections: list[tuple[str, Callable[[], dict]]] | None = None, path: Path | None = None) -> dict:
     torch.manual_seed(0)
     np.random.seed(0)
-    from experiments.allocator import keep_freed_memory
 
     kept = keep_freed_memory()  # as in a training run (trainer.keep_freed_memory), for the losses and the baseline alike
     result: dict = {"threads": torch.get_num_threads(),
-                    "allocator": "glibc keeps freed memory (experiments.allocator)" if kept else "C library defaults"}
+                    "allocator": "glibc keeps freed memory (experiments.engine.allocator)" if kept else "C library defaults"}
     t0 = time.perf_counter()
     for name, fn in SECTIONS if sections is None else sections:
         result[name] = fn()
     result["extra"] = {name: fn() for name, fn in EXTRA}
     result["bench_s"] = round(time.perf_counter() - t0, 1)
-    path = path or Path(__file__).resolve().parent.parent / "results" / "bench" / "bench.json"
+    path = path or Path(__file__).resolve().parents[2] / "results" / "bench" / "bench.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(table(result))

@@ -3,7 +3,7 @@
 A table spec (the `tables.<name>` node of an experiment config) says which run columns make the rows and the
 columns, which metrics fill the cells and which row/column is the baseline. Comparisons with the baseline are
 paired on `pair_on` (default: the seed) or unpaired (`test: welch`), with a 95 % interval, Holm–Bonferroni
-adjusted p-values per metric and the minimum detectable effect (experiments.stats, docs/statistics.md). Only
+adjusted p-values per metric and the minimum detectable effect (experiments.report.stats, docs/statistics.md). Only
 runs of one code version enter a table. Every number is recomputable from `load_runs(results_dir)` alone.
 Outputs `results/tables/<experiment>[_<name>].{md,tex,csv}`.
 """
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments import stats
-from experiments.data import atomic_write_bytes
-from experiments.errors import UserError
-from experiments.metrics import Measure, family
-from experiments.results import code_version, read_record
+from experiments.engine.data import atomic_write_bytes
+from experiments.engine.errors import UserError
+from experiments.engine.metrics import Measure, family
+from experiments.report import stats
+from experiments.store.results import code_version, read_record
 
 ALPHA = stats.ALPHA
 MARK = "†"
@@ -438,7 +438,7 @@ def _footer(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure], c
     if counts["shown"]:
         lines.append(f"No run was made by the current code; shown: code_version {counts['shown']}.")
     elif counts["runs"]:
-        lines.append(f"Runs made by code version {code_version()} (experiments.results.code_version).")
+        lines.append(f"Runs made by code version {code_version()} (experiments.store.results.code_version).")
     lines.append(f"Selected at the last epoch: {k} of {n} runs selecting on a validation metric (a high share "
                  f"means training stopped while that metric may still have been improving).")
     mde = _mde_line(long, spec, measures) if measures else ""

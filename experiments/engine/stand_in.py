@@ -10,7 +10,7 @@ import torch
 
 def generator_sources(module_file: str) -> tuple[Path, Path]:
     """The files whose code determines a stand-in's images (its module and this one): the `sources` of its
-    cache, so editing either regenerates the data (experiments.data.cached)."""
+    cache, so editing either regenerates the data (experiments.engine.data.cached)."""
     return Path(module_file), Path(__file__)
 
 

@@ -1,4 +1,4 @@
-"""`make bench` sections on the cost of runs themselves (registered in `experiments.bench`):
+"""`make bench` sections on the cost of runs themselves (registered in `experiments.drivers.bench`):
 
 - fixed_cost_per_run: tiny runs (simloss_age, smoke profile, 1 epoch, one seed each) through the reproduce runner's
   worker pool (one worker, data already cached): per run, the wall time in the worker minus the training-epoch
@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments import runner
-from experiments.reproduce import ROOT, Experiment
+from experiments.drivers import runner
+from experiments.drivers.catalog import ROOT, Experiment
 
 NOOP_EXPERIMENTS = "simloss_age,simloss_cifar"
 

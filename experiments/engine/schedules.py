@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 
 
 class Schedule:

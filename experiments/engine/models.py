@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from experiments.errors import UserError
+from experiments.engine.errors import UserError
 
 
 class NormedLinear(nn.Module):

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from experiments.data import Meta
-from experiments.errors import UserError
+from experiments.engine.data import Meta
+from experiments.engine.errors import UserError
 
 DISTRIBUTION, INDEPENDENT, LOGITS = "distribution", "independent", "logits"
 SCORE_KINDS = (DISTRIBUTION, INDEPENDENT, LOGITS)

@@ -1,6 +1,6 @@
 """`make reproduce-table PROFILE=paper PLAN=1`: what a profile would run, without training anything.
 
-    python -m experiments.plan [--profile paper] [--exp name,...] [--data-dir DIR] [--img-per-s RATE]
+    python -m experiments.drivers.plan [--profile paper] [--exp name,...] [--data-dir DIR] [--img-per-s RATE]
 
 Per experiment (and the tables it fills): every sweep's grid and run count, the maximum epochs, the image-passes
 (images a run touches: (train + val) × epochs + test, from the known dataset sizes below; early stopping can end
@@ -16,7 +16,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.errors import UserError
+from experiments.drivers.catalog import PROFILES, discover
+from experiments.drivers.train import compose_config
+from experiments.engine.errors import UserError
+from experiments.engine.imbalance import counts_per_rank
+from experiments.engine.models import imagenet_checkpoint
 
 # Images per split of the full datasets (source in the last field). Fractions/hold-outs are applied per config.
 TOTAL_IMAGES = {
@@ -61,7 +65,6 @@ def _cifar_splits(name: str, ds) -> tuple[tuple[int, int, int], str]:
     train = pool - val
     imb = ds.get("imbalance") or {}
     if imb.get("ratio", 1) != 1:
-        from experiments.imbalance import counts_per_rank
 
         train = sum(counts_per_rank(train // k, k, float(imb["ratio"]), imb.get("profile", "exp"),
                                     imb.get("counts", "ldam")))
@@ -89,7 +92,6 @@ def weight_files(model) -> dict[Path, str]:
     """Files a model config loads (torchvision's cached ImageNet checkpoint, `weights_path`) and where from."""
     files = {}
     if model.get("weights") == "imagenet":
-        from experiments.models import imagenet_checkpoint
 
         url, path = imagenet_checkpoint(str(model._target_).rsplit(".", 1)[1])
         files[path] = f"model.weights=imagenet; torchvision fetches {url} there when online"
@@ -101,7 +103,6 @@ def weight_files(model) -> dict[Path, str]:
 @dataclass
 class Part:
     """One group of runs sharing dataset, model and schedule."""
-
     label: str
     runs: int
     epochs: int
@@ -119,8 +120,6 @@ class Part:
 
 def sweep_parts(exp, sweep: dict[str, str], profile: str, data_dir: str | None, cache: dict) -> list[Part]:
     """Runs of one sweep, grouped by the overrides that change data, model or schedule."""
-    from experiments.train import compose_config
-
     grid = {k: sweep_values(v) for k, v in sweep.items() if k != "seed"}
     seeds = len(sweep_values(sweep.get("seed", exp.seeds)))
     relevant = [k for k in grid if k.lstrip("~+").split(".")[0] in PLAN_PREFIXES]
@@ -199,8 +198,6 @@ def main(profile: str = "paper", exps: list[str] | None = None, data_dir: str | 
 
 
 def _plan(profile: str, exps: list[str] | None, data_dir: str | None, img_per_s: float | None, out) -> int:
-    from experiments.reproduce import discover
-
     if img_per_s is not None and img_per_s <= 0:
         raise UserError(f"IMG_PER_S={img_per_s}: give the measured images per second of one GPU (> 0)")
     out(f"PLAN PROFILE={profile}: nothing is trained; epochs are maxima (early stopping may end runs sooner); "
@@ -219,7 +216,7 @@ def _plan(profile: str, exps: list[str] | None, data_dir: str | None, img_per_s:
 
 def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="paper", choices=["smoke", "default", "paper"])
+    ap.add_argument("--profile", default="paper", choices=PROFILES)
     ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--img-per-s", type=float, default=None, help="images per second of one GPU, for GPU-hours")

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.checkpoint import atomic_write, set_aside
-from experiments.errors import WriteError
+from experiments.engine.checkpoint import atomic_write, set_aside
+from experiments.engine.errors import WriteError
 
 HOST = socket.gethostname()
 BEING_WRITTEN_S = 10.0

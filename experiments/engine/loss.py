@@ -22,7 +22,7 @@ use the hooks below; the trainer calls only these, never a loss by name:
 - `eval_objective(outputs, batch)` the loss reported on val/test; default `objective`. Losses with per-example
                           state indexed by training positions must override it (val/test indices differ).
 - `scores(outputs)`       named per-class scores {"probs": primary, ...}; `score_kinds` declares each one's kind
-                          (`distribution`, `independent` or `logits`, see experiments.metrics) and the engine
+                          (`distribution`, `independent` or `logits`, see experiments.engine.metrics) and the engine
                           pairs metrics with the primary kind before a run starts.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from experiments.data import Batch, Meta
+from experiments.engine.data import Batch, Meta
 
 
 class StepFn(Protocol):

@@ -1,0 +1,109 @@
+"""The experiment catalogue: which experiments a profile runs, their sweeps, tables and figures
+(`conf/experiment/*.yaml`, composed with Hydra), and the data each one needs. Shared by reproduce, plan, status,
+verify and bench, so none of them imports another to find the experiments."""
+from __future__ import annotations
+
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from experiments.drivers import runner
+from experiments.drivers.train import CONF_DIR, compose_config
+from experiments.engine.checkpoint import atomic_write
+from experiments.engine.errors import UserError
+from experiments.report.plots import FigureSpec
+from experiments.report.tables import TableSpec
+from experiments.store.results import CODE_DIRS
+
+ROOT = CONF_DIR.parent
+PROFILES = tuple(sorted(p.stem for p in (CONF_DIR / "profile").glob("*.yaml")))
+
+
+@dataclass
+class Experiment:
+    name: str
+    experiment_name: str
+    sweeps: list[dict[str, str]]
+    tables: list[TableSpec]
+    figures: list[FigureSpec]
+    seeds: str
+    data_dir: Path
+
+    def base_overrides(self, profile: str, results_dir: Path) -> list[str]:
+        return [f"experiment={self.name}", f"profile={profile}", f"results_dir={results_dir}",
+                f"data_dir={self.data_dir}"]
+
+    def sweep_args(self, profile: str, results_dir: Path) -> list[list[str]]:
+        """The multirun overrides of each sweep (the profile's seeds unless the sweep sets `seed`)."""
+        base = self.base_overrides(profile, results_dir)
+        return [base + [f"{k}={v}" for k, v in sweep.items()] + ([] if "seed" in sweep else [f"seed={self.seeds}"])
+                for sweep in self.sweeps or [{}]]
+
+    def commands(self, profile: str, results_dir: Path, jobs: int, launcher: str | None,
+                 only: set[int] | None = None) -> list[list[str]]:
+        """Hydra multirun commands of the sweeps (those numbered in `only`, if given)."""
+        if launcher:
+            launch = [f"hydra/launcher={launcher}"]
+        else:
+            launch = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+        return [[sys.executable, "-m", "experiments.train", "-m", *args, *launch]
+                for i, args in enumerate(self.sweep_args(profile, results_dir)) if only is None or i in only]
+
+
+def discover(profile: str, only: list[str] | None, data_dir: str | None,
+             cache_dir: Path | None = None) -> list[Experiment]:
+    """The experiments with a main table in `profile` (those in `only`, if given), their sweeps, tables and figures.
+    With `cache_dir`, the result is kept in `<cache_dir>/<key>.pkl`, the key covering the arguments, the config
+    tree and the source code (composing every experiment costs seconds; a no-op re-run should not pay it)."""
+    if cache_dir is None:
+        return _discover(profile, only, data_dir)
+    sources = "".join(runner.digest_file(p) for d in CODE_DIRS for p in sorted((ROOT / d).rglob("*.py")))
+    path = cache_dir / f"{runner.digest(repr((profile, only, data_dir, runner.conf_digest(), sources)))}.pkl"
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:  # noqa: BLE001 — missing, truncated or foreign: compose again and overwrite it
+        found = _discover(profile, only, data_dir)
+        atomic_write(path, pickle.dumps(found))
+        return found
+
+
+def _discover(profile: str, only: list[str] | None, data_dir: str | None) -> list[Experiment]:
+    names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise UserError(f"EXP={','.join(unknown)}: no such experiment; choose from {', '.join(names)}")
+        names = [n for n in names if n in only]
+    found = []
+    for name in names:
+        overrides = [f"experiment={name}", f"profile={profile}"] + ([f"data_dir={data_dir}"] if data_dir else [])
+        cfg, _ = compose_config(overrides)
+        tables_node = OmegaConf.to_container(cfg.tables, resolve=False) if "tables" in cfg else {}
+        specs = [TableSpec.from_config(cfg.experiment_name, tname, node) for tname, node in tables_node.items()]
+        main = next((s for s in specs if s.name == "main"), None)
+        if main is None or profile not in main.profiles:
+            continue
+        sweeps = OmegaConf.to_container(cfg.sweeps, resolve=True) if "sweeps" in cfg else []
+        figs = [FigureSpec.from_config(cfg.experiment_name, fname, node) for fname, node in
+                (OmegaConf.to_container(cfg.figures, resolve=False) if "figures" in cfg else {}).items()
+                if node is not None]   # an experiment that extends another drops a figure with `<name>: null`
+        found.append(Experiment(name, cfg.experiment_name, [{k: str(v) for k, v in s.items()} for s in sweeps],
+                                specs, [f for f in figs if profile in f.profiles], str(cfg.profile.seeds),
+                                Path(cfg.data_dir)))
+    if only and not found:
+        raise UserError(f"EXP={','.join(only)} has no table for PROFILE={profile}")
+    return found
+
+
+def missing_data(experiments: list[Experiment]) -> list[str]:
+    missing = []
+    for exp in experiments:
+        for spec in exp.tables:
+            for item in spec.requires_data:
+                path, _, source = item.partition(" ")
+                if not (exp.data_dir / path).exists():
+                    missing.append(f"{exp.data_dir / path} (for {exp.name}){': ' + source if source else ''}")
+    return sorted(set(missing))

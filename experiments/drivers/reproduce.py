@@ -1,0 +1,223 @@
+"""`make reproduce-table`: run every experiment of a profile, then render its tables and figures.
+
+    python -m experiments.reproduce --profile default [--exp simloss_age] [--jobs 2] [--results-dir results]
+
+Every config of every sweep is composed in-process and looked up in the results store first; only configs not
+finished by the current code are run, by `--jobs` long-lived worker processes (`experiments.drivers.runner`), or with
+`--launcher` through Hydra multirun for the sweeps that still have unfinished configs. A second call trains
+nothing and re-renders. The `paper` profile first checks that the real datasets are present and says which are
+missing, before starting anything.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from experiments.drivers import plan, runner
+from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, missing_data
+from experiments.drivers.train import compose_config
+from experiments.engine.errors import UserError
+from experiments.report.plots import render_figure
+from experiments.report.tables import render, write_paper_template
+from experiments.store.results import _flatten, load_runs
+
+
+def paper_templates(results_dir: Path | None = None) -> list[Path]:
+    """Ship `results/paper_reference/<table>.csv` for every paper-profile table: the cells of the sweep grid,
+    one line per metric, `paper_value` empty for a user to fill from the PDF (no number is ever invented)."""
+    import itertools
+
+    import pandas as pd
+
+
+    out_dir = ROOT / "results" / "paper_reference"
+    written = []
+    for exp in discover("paper", None, None):
+        for spec in exp.tables:
+            path = out_dir / f"{spec.stem}.csv"
+            if path.exists() or spec.transform:
+                continue
+            keys = list(spec.rows) + list(spec.columns)
+            cells = []
+            for sweep in exp.sweeps or [{}]:
+                swept = {k: str(v).split(",") for k, v in sweep.items() if k != "seed"}
+                for combo in itertools.product(*swept.values()):
+                    overrides = [f"experiment={exp.name}", "profile=paper"] + [
+                        f"{k}={v}" for k, v in zip(swept, combo)]
+                    cfg, choices = compose_config(overrides)
+                    flat = {**_flatten(OmegaConf.to_container(cfg, resolve=False)), **choices}
+                    cells.append({k: flat.get(k, "—") for k in keys})
+            long = pd.DataFrame([{**c, "metric": m} for c in cells for m in spec.metrics])
+            write_paper_template(path, long, keys)
+            written.append(path)
+    return written
+
+
+class SharedAttr(dict):
+    """A `DataFrame.attrs` value shared by the frames derived from it instead of deep-copied into each (pandas
+    deep-copies `attrs` on every operation: that tripled the time to render the tables)."""
+
+    def __deepcopy__(self, memo: dict) -> "SharedAttr":
+        return self
+
+
+def load_for_render(results_dir: Path):
+    df = load_runs(results_dir)
+    df.attrs = {k: SharedAttr(v) if isinstance(v, dict) else v for k, v in df.attrs.items()}
+    return df
+
+
+def render_items(experiments: list[Experiment]) -> list[tuple[str, Any]]:
+    """Every figure, then every table, of the experiments (figures first: they take longer)."""
+    return ([("figure", spec) for exp in experiments for spec in exp.figures]
+            + [("table", spec) for exp in experiments for spec in exp.tables])
+
+
+def render_one(item: tuple[str, Any], results_dir: Path, df) -> Any:
+    """A table's summary (`experiments.report.tables.render`) or a figure's files."""
+    kind, spec = item
+    if kind == "table":
+
+        return render(df, spec, results_dir / "tables", ROOT / "results" / "paper_reference")
+
+    return [] if df.empty else [str(p) for p in render_figure(df, spec, results_dir / "figures")]
+
+
+def _render_share(items: list, counter, results_dir: Path, df) -> dict[int, tuple[str, Any]]:
+    """Render the items nobody has taken yet (`counter`: the next index) until none is left."""
+    out = {}
+    while True:
+        with counter.get_lock():
+            i, counter.value = counter.value, counter.value + 1
+        if i >= len(items):
+            return out
+        kind, spec = items[i]
+        try:
+            out[i] = ("", render_one(items[i], results_dir, df))
+        except Exception as e:  # noqa: BLE001 — one broken table or figure does not stop the others
+            out[i] = (f"{kind} {spec.experiment}/{spec.name}: {type(e).__name__}: {e}", None)
+
+
+def _share_into(conn, *args) -> None:
+    conn.send(_render_share(*args))
+
+
+def render_everything(exps: list[Experiment], results_dir: Path) -> tuple[list[dict], list[Path], list[str]]:
+    """Every table and figure, rendered by this process and a forked one taking items in turn (each takes
+    seconds on the default profile). Returns the table summaries, the figure files and the errors."""
+    df = load_for_render(results_dir)
+    items = render_items(exps)
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    counter = ctx.Value("i", 0)
+    helper = None
+    if ctx.get_start_method() == "fork" and len(items) > 1:
+        receive, send = ctx.Pipe(duplex=False)
+        helper = ctx.Process(target=_share_into, args=(send, items, counter, results_dir, df), name="losslab-render")
+        helper.start()
+        send.close()
+    done = _render_share(items, counter, results_dir, df)
+    if helper is not None:
+        try:
+            done.update(receive.recv())
+        except EOFError:
+            pass
+        helper.join()
+    results = [done.get(i, (f"{k} {s.experiment}/{s.name}: not rendered (its process died)", None))
+               for i, (k, s) in enumerate(items)]
+    summary = [r for (kind, _), (_, r) in zip(items, results) if kind == "table" and r is not None]
+    figures = [Path(p) for (kind, _), (_, r) in zip(items, results) if kind == "figure" and r for p in r]
+    return summary, figures, [error for error, _ in results if error]
+
+
+def train_missing(exps: list[Experiment], args: argparse.Namespace, results_dir: Path) -> int:
+    """Plan every config in-process, then run the unfinished ones; returns the number of failures."""
+    t0 = time.time()
+    points = runner.plan(exps, args.profile, results_dir)
+    for exp in exps:
+        states = [p.state for p in points if p.exp == exp.name]
+        print(f"{exp.name}: {len(states)} configs, {states.count('done')} done, {states.count('refused')} refused, "
+              f"{states.count('pending')} to run")
+    errors = [p for p in points if p.state == "error"]
+    for p in errors:
+        print(f"error: {p.title}: {p.error}", file=sys.stderr)
+    pending = [p for p in points if p.state == "pending"]
+    print(f"planned {len(points)} configs in {time.time() - t0:.1f} s; {len(pending)} to run", flush=True)
+    if args.launcher:
+        return len(errors) + launch(exps, pending, args, results_dir)
+    tally = runner.run_points(pending, args.jobs)
+    if pending:
+        print(tally.summary())
+    for failure in tally.failures:
+        print(f"  failed {failure}", file=sys.stderr)
+    return len(errors) + tally.failed
+
+
+def launch(exps: list[Experiment], pending: list[runner.Point], args: argparse.Namespace, results_dir: Path) -> int:
+    """`--launcher`: Hydra multirun (`python -m experiments.train -m ...`) of the sweeps with unfinished configs."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    todo = [(exp, cmd) for exp in exps for cmd in exp.commands(
+        args.profile, results_dir, args.jobs, args.launcher, {p.sweep for p in pending if p.exp == exp.name})]
+    failures, t0 = 0, time.time()
+    for i, (exp, cmd) in enumerate(todo, 1):
+        print(f"==> sweep {i}/{len(todo)} ({(time.time() - t0) / 60:.1f} min so far) {exp.name}: "
+              f"{' '.join(cmd[3:])}", flush=True)
+        failures += subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default", choices=PROFILES)
+    ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (or joblib jobs per sweep with a launcher)")
+    ap.add_argument("--launcher", default=None, help="hydra/launcher option, e.g. submitit_slurm")
+    ap.add_argument("--results-dir", default=str(ROOT / "results"))
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--render-only", action="store_true", help="only re-render tables and figures")
+    ap.add_argument("--plan", action="store_true", help="print grids, runs, image-passes, files; train nothing")
+    ap.add_argument("--img-per-s", type=float, default=None, help="with --plan: images/s of one GPU → GPU-hours")
+    args = ap.parse_args(argv)
+    if args.plan:
+        return plan.main(args.profile, [e for e in args.exp.split(",") if e], args.data_dir, args.img_per_s)
+    t0 = time.time()
+    results_dir = Path(args.results_dir).absolute()
+    try:
+        exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir,
+                        results_dir / "work" / "discover")
+        if args.profile == "paper":
+            missing = missing_data(exps)
+            if missing:
+                raise UserError("PROFILE=paper needs the real datasets; missing:\n  " + "\n  ".join(missing)
+                                + "\nput them under LOSSLAB_DATA (see README, 'Real data') and run again")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sweep_failures = 0
+    if not args.render_only:
+        try:
+            sweep_failures = train_missing(exps, args, results_dir)
+        except KeyboardInterrupt as e:
+            print(f"\ninterrupted{f' ({e})' if str(e) else ''}: unfinished runs resume from their last checkpoint "
+                  f"when started again", file=sys.stderr)
+            return 130
+    summary, figures, render_errors = render_everything(exps, results_dir)
+    for error in render_errors:
+        print(f"error: {error}", file=sys.stderr)
+    minutes = (time.time() - t0) / 60
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\nreproduce-table PROFILE={args.profile}: {len(summary)} tables in {minutes:.1f} min "
+          f"(peak memory of one process: {peak:.0f} MB)")
+    for s in summary:
+        print(f"  {s['table']}: {s['runs']} runs, {s['failed']} failed")
+    print(f"  {len(figures) // 2} figures in {results_dir / 'figures'}")
+    failed = sum(s["failed"] for s in summary)
+    return 1 if (failed or sweep_failures or render_errors) else 0
