@@ -11,10 +11,14 @@ APS (Romano et al. 2020): s(x, j) = mass of the classes ranked above j + u·p_j;
 score, u = 0 (default here) Romano et al.'s non-randomised sets (the class at which the mass crosses t is always in,
 so no set is empty while t > 0), u ~ U(0, 1) per entry the randomised version.
 RAPS (Angelopoulos et al. 2021): the penalty λ·1[rank > k_reg] is added to each class's own mass (rank counted
-from 1, as the official `msk[:, kreg:] += lamda`), so s(x, j) = mass + penalties of the classes ranked above j
-+ u·(p_j + λ·1[rank(j) > k_reg]). With u = 0 the class where the threshold is crossed is charged the previous
-rank's cumulative penalty, exactly the official `gcq(randomized=False)` (`raps_rule: official`, default);
-`raps_rule: own_rank` charges its own rank's penalty λ·max(0, rank(j) − k_reg) whatever u (smaller sets).
+from 1, as the official `penalties[:, kreg:] += lamda`), so s(x, j) = mass + penalties of the classes ranked above j
++ u·p_j + a share of j's own penalty that `raps_rule` sets. `raps_rule: official` (default) is the official code
+(aangelopoulos/conformal_classification, conformal.py) in both of its modes: with a per-entry draw u (`aps_u:
+random`) j's own penalty is charged in full, λ·max(0, rank(j) − k_reg), as the randomised `giq` (the calibration
+score) and `gcq(randomized=True)` (sets); with a number u, u times it, so u = 0 charges the previous rank's cumulative
+penalty, exactly `gcq(randomized=False)` (the official code has no other number). `raps_rule: own_rank` charges the
+full own penalty whatever u (smaller sets). A randomised set can be empty, as with the official
+`allow_zero_sets=True` (its default False would put the top class into an empty set).
 Scores that are not a distribution (sigmoid heads) are renormalised to sum to one per row.
 """
 from __future__ import annotations
@@ -34,18 +38,21 @@ RAPS_RULES = ("official", "own_rank")
 
 def aps_scores(probs: torch.Tensor, penalty: float = 0.0, kreg: float = 0.0,
                u: float | torch.Tensor = 1.0, rule: str = "official") -> torch.Tensor:
-    """N×C non-conformity score of every class: mass ranked above + u·own mass (+ RAPS penalty, see `rule`)."""
+    """N×C non-conformity score of every class: mass ranked above + u·own mass (+ RAPS penalty, see `rule`).
+    A tensor u (N×C, one draw per entry) makes the randomised scores, a number the non-randomised ones."""
     if rule not in RAPS_RULES:
         raise UserError(f"raps_rule={rule!r}: choose official (gcq) or own_rank")
     p = probs.detach().double()
     p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-300)
     ordered, order = p.sort(dim=1, descending=True, stable=True)
-    u_sorted = u.double().gather(1, order) if torch.is_tensor(u) else float(u)
+    randomized = torch.is_tensor(u)
+    u_sorted = u.double().gather(1, order) if randomized else float(u)
     cum = ordered.cumsum(dim=1) - (1 - u_sorted) * ordered
     if penalty:
         rank = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
         charged = (rank - kreg).clamp_min(0)[None, :]
-        if rule == "official":
+        if rule == "official" and not randomized:
+            # gcq(randomized=False) admits rank r while the cumulative mass + penalty *up to r − 1* is ≤ τ
             charged = charged - (1 - u_sorted) * (rank > kreg).double()[None, :]
         cum = cum + penalty * charged
     return torch.empty_like(cum).scatter_(1, order, cum)
