@@ -9,8 +9,11 @@
 - `CORN` (Shi, Cao & Raschka, 2023): K−1 independent logits of P(y > k | y > k−1); task k is trained only on
   samples with y > k−1; loss = dlordinal's `CORNLoss` (coral-pytorch's `corn_loss`); P(y > k) = Π_{j≤k} σ(g_j),
   prediction Σ_k 1[P(y > k) > 0.5].
-- `CDWCE` (Polat et al. 2022): −Σ_i log(1 − p_i)·|i − y|^α, dlordinal's `CDWCELoss` (fed max-shifted logits:
-  the same value, no exp overflow).
+- `CDWCE` (Polat et al. 2022): −Σ_i log(1 − p_i)·|i − y|^α, mean over the batch. `one_minus_p` says how log(1 − p_i)
+  is taken: `exact` (default) in log space, right where p_i rounds to 1 (z = [30, −30, −30], y = 2, α = 1: 118.61,
+  gradient [2, −1, −1]); `official` as Polat et al.'s code (GorkemP/labeled-images-for-ulcerative-colitis,
+  utils/loss.py), 1 − p clamped at 1e-4 (18.42 there, gradient 0); `dlordinal` as dlordinal's `CDWCELoss` fed
+  max-shifted logits (1e-8 added to 1 − p times the row's Σ exp: 36.84 there, gradient 0).
 - `MeanVariance` (Pan et al., CVPR 2018): CE + λ1·(m − y)²/2 + λ2·v with m, v the mean and variance of the
   predicted class distribution; `strength` scales (λ1, λ2) jointly; prediction round(m) as in the paper.
 
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments.engine.data import Batch
+from experiments.engine.errors import UserError
 from experiments.engine.loss import EngineLoss
 
 DISTANCES = {"absolute": 1, "squared": 2}
@@ -78,21 +82,49 @@ class SORD(OrderedLoss):
         return self._dlordinal[num_classes]
 
 
+def log_one_minus_softmax(z: torch.Tensor) -> torch.Tensor:
+    """log(1 − p_i), p = softmax(z) over dim 1, without cancellation: log1p(−p_i) where p_i ≤ ½, which is every entry
+    but possibly the row's largest, and for that one log Σ_{j≠i} exp z_j − log Σ_j exp z_j."""
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    top = z.argmax(dim=1, keepdim=True)
+    others = torch.logsumexp(z.scatter(1, top, float("-inf")), dim=1, keepdim=True)
+    # the top entry's p is zeroed before log1p, so its log1p(−1) = −inf never reaches the backward
+    rest = torch.log1p(-torch.exp(z - lse).scatter(1, top, 0.0))
+    return rest.scatter(1, top, others - lse)
+
+
 class CDWCE(OrderedLoss):
-    def __init__(self, alpha: float = 1.0):
+    ONE_MINUS_P = ("exact", "official", "dlordinal")
+    OFFICIAL_CLAMP = 1e-4  # Polat et al.'s `(1 - input_sm).clamp_(min=1e-4)`
+
+    def __init__(self, alpha: float = 1.0, one_minus_p: str = "exact"):
         super().__init__()
         if alpha < 0:
             raise ValueError(f"alpha={alpha}: must be ≥ 0")
-        self.alpha = float(alpha)
+        if one_minus_p not in self.ONE_MINUS_P:
+            raise UserError(f"loss.one_minus_p={one_minus_p!r}: choose {', '.join(self.ONE_MINUS_P)}")
+        self.alpha, self.one_minus_p = float(alpha), one_minus_p
         self._dlordinal: dict[int, nn.Module] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         z = logits.float()
-        z = z - z.max(dim=1, keepdim=True).values.detach()
+        c = z.shape[1]
+        if c < 2:
+            raise UserError(f"CDW-CE needs at least 2 classes, got {c}")
+        if self.one_minus_p == "dlordinal":
+            return self._dlordinal_loss(z, target)
+        if self.one_minus_p == "official":
+            log_rest = (1 - z.softmax(dim=1)).clamp(min=self.OFFICIAL_CLAMP).log()
+        else:
+            log_rest = log_one_minus_softmax(z)
+        distance = (torch.arange(c, device=z.device)[None, :] - target.view(-1, 1)).abs()
+        return -(log_rest * distance.float().pow(self.alpha)).sum(dim=1).mean()
+
+    def _dlordinal_loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         c = z.shape[1]
         if c not in self._dlordinal:
             self._dlordinal[c] = _lib().CDWCELoss(num_classes=c, alpha=self.alpha)
-        return self._dlordinal[c](z, target)
+        return self._dlordinal[c](z - z.max(dim=1, keepdim=True).values.detach(), target)
 
 
 def moments(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
