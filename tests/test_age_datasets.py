@@ -8,7 +8,7 @@ import torch
 from age_estimation.datasets import AFAD, UTKFace
 from age_estimation.synthetic import SyntheticAge, age_histogram
 from experiments.engine.errors import UserError
-from tests.fixtures_formats import write_afad, write_utkface
+from tests.helpers.formats import write_afad, write_utkface
 
 UTK_AGES = [1, 1, 2, 5, 18, 22, 23, 25, 25, 26, 27, 28, 29, 30, 30, 31, 33, 35, 38, 40,
             41, 45, 47, 50, 52, 55, 58, 60, 61, 63, 65, 68, 70, 72, 75, 78, 80, 85, 89, 90]

@@ -8,23 +8,8 @@ import torch
 from average_k.plantnet import PlantNet300K
 from average_k.plantnet_like import PlantNetLike, generate
 from experiments.engine.errors import UserError
-
-SPECIES = ["1355868", "1355920", "1363227"]
-
-
-def make_plantnet(root, images=True, per_class=(3, 1, 1), size=(40, 30)):
-    from PIL import Image
-
-    base = root / "images" if images else root
-    rng = np.random.RandomState(0)
-    for split, n in zip(("train", "val", "test"), per_class):
-        for c, sp in enumerate(SPECIES):
-            d = base / split / sp
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n + (c if split == "train" else 0)):
-                Image.fromarray(rng.randint(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(d / f"{i}.jpg")
-    return root
-
+from tests.helpers.formats import PLANTNET_SPECIES as SPECIES
+from tests.helpers.formats import make_plantnet
 
 @pytest.mark.parametrize("images", [True, False])
 def test_plantnet_layouts_transforms_and_counts(tmp_path, images):
@@ -84,7 +69,7 @@ def test_plantnet_like_builder_scale_and_cache(tmp_path):
 
 def test_cifar100_noisy_split_and_block_noise(tmp_path):
     from average_k.cifar_noisy import Cifar100Noisy
-    from tests.fixtures_formats import write_cifar100
+    from tests.helpers.formats import write_cifar100
 
     write_cifar100(tmp_path, n_train_per_class=5, n_test_per_class=1)
     data = Cifar100Noisy(str(tmp_path), noise=1.0, split_seed=1234, noise_seed=3)()

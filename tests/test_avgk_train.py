@@ -4,7 +4,7 @@ import pytest
 
 from experiments.report.tables import TableSpec, render
 from experiments.store.results import load_runs
-from tests.test_avgk_data import make_plantnet
+from tests.helpers.formats import make_plantnet
 
 KS = (1, 2, 3, 5)
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tests.fixtures_formats import write_cifar10, write_cifar100
-from tests.test_road_marking import write_raw
+from tests.helpers.formats import write_cifar10, write_cifar100
+from tests.helpers.formats import write_raw
 
 FAST = ("trainer.progress=off", "trainer.num_workers=0", "trainer.cpu_threads=1", "trainer.keep_checkpoint=none")
 

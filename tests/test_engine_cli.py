@@ -1,23 +1,10 @@
 """The CLI as a user runs it: subprocesses, exit codes, one-line errors, multirun skipping."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from experiments.engine.errors import UserError
-
-ROOT = Path(__file__).resolve().parent.parent
-FAST = ["profile=smoke", "trainer.epochs=1", "trainer.progress=off", "trainer.num_workers=0"]
-
-
-def cli(*args, tmp, data_dir):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("LOSSLAB_DEBUG", None)
-    cmd = [sys.executable, "-m", "experiments.train", *args, f"results_dir={tmp}", f"data_dir={data_dir}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+from tests.helpers.cli import FAST, cli
 
 
 def test_multirun_writes_each_config_once_then_skips(tmp_path, data_dir):

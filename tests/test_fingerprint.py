@@ -8,7 +8,7 @@ import torch
 import image_classification.synthetic as synthetic
 from average_k.plantnet import PlantNet300K
 from experiments.engine.data import Meta, TensorSplit, assemble, cached
-from tests.test_avgk_data import make_plantnet
+from tests.helpers.formats import make_plantnet
 
 
 def write_images(root, n=6):

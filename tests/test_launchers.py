@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.test_engine_cli import FAST, cli
+from tests.helpers.cli import FAST, cli
 
 
 @pytest.mark.parametrize("launcher, extra", [

@@ -16,7 +16,7 @@ from experiments.engine.data import Batch, Meta
 from experiments.losses import ComplementCrossEntropy, ComplementEntropy, SimLoss
 from experiments.losses.longtail import (BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss,
                                          LogitAdjustedLoss, class_balanced_weights, ldam_margins)
-from tests.test_cce_losses import cot_complement, official_cce
+from tests.helpers.reference_losses import cot_complement, official_cce
 
 C = 5
 COUNTS = [400, 90, 20, 6, 2]

@@ -17,8 +17,8 @@ from experiments.engine.errors import UserError
 from experiments.drivers.train import compose_config
 from image_classification.similarity import main as similarity_cli
 from image_classification.similarity import similarity_stats, stand_in_similarity
-from tests.fixtures_formats import write_afad, write_utkface
-from tests.test_avgk_data import make_plantnet
+from tests.helpers.formats import write_afad, write_utkface
+from tests.helpers.formats import make_plantnet
 
 
 def official_partition(n, seed=42):

@@ -22,8 +22,8 @@ from experiments.engine.errors import RunFailed, UserError
 from experiments.engine.loss import CrossEntropy
 from experiments.store.results import load_runs
 from experiments.engine.schedules import Cosine, MultiStep, OneCycle, Schedule
-from tests.test_avgk_data import make_plantnet
-from tests.test_engine_cli import ROOT
+from tests.helpers.formats import make_plantnet
+from tests.helpers.cli import ROOT
 
 QUIET = lambda *a, **k: None  # noqa: E731
 SMALL = ("dataset=synthetic_cifar10", "model.width=8", "trainer.batch_size=64", "trainer.epochs=3")

@@ -1,39 +1,13 @@
 """Road Marking preprocessing (crop/resize/drop/seeded split) and the in-memory folder dataset."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from experiments.engine.errors import UserError
 from image_classification.road_marking import DROPPED, RoadMarking, main, prepare
-
-# class -> number of annotations; "car" and "X-crossing" are among the 17 dropped classes
-FIXTURE = {"left": 10, "right": 10, "bike": 6, "car": 3, "X-crossing": 2}
-
-
-def write_raw(root: Path, comma: bool = True) -> Path:
-    """A raw RoadMarkingDataset folder: 3 scene images and one annotation line per road marking."""
-    from PIL import Image
-
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.RandomState(0)
-    for s in range(3):
-        arr = rng.randint(0, 255, size=(120, 160, 3)).astype(np.uint8)
-        Image.fromarray(arr).save(root / f"scene{s}.jpg", quality=95)
-    lines, i = [], 0
-    for cls, n in FIXTURE.items():
-        for _ in range(n):
-            x0, y0 = 5 + 3 * (i % 10), 7 + 2 * (i % 7)
-            pts = [x0, y0 + 1.5, x0 + 40, y0, x0 + 41.7, y0 + 30, x0 - 1, y0 + 29]  # a skewed quadrilateral
-            fname = f"scene{i % 3}.png"  # the official script reads `.png` names as `.jpg`
-            fields = [f"{p}" for p in pts] + [cls, fname]
-            lines.append(",".join(fields) if comma else " ".join(fields))
-            i += 1
-    (root / "dataset_annotations.txt").write_text("\n".join(lines) + "\n")
-    return root
+from tests.helpers.formats import write_raw
 
 
 def test_prepare_layout_and_counts(tmp_path):

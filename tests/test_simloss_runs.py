@@ -7,7 +7,7 @@ import torch
 
 from experiments.engine.config import build_components
 from experiments.engine.errors import UserError
-from tests.fixtures_formats import write_afad, write_cifar10, write_cifar100, write_utkface
+from tests.helpers.formats import write_afad, write_cifar10, write_cifar100, write_utkface
 
 QUICK = ("trainer.epochs=1", "trainer.progress=off", "trainer.num_workers=0", "trainer.cpu_threads=1")
 
@@ -119,7 +119,7 @@ def test_age_paper_preset_on_fixture(train_run, tmp_path):
 
 def test_cifar_paper_preset_on_fixture(train_run, tmp_path):
     from image_classification.cifar import OFFICIAL_QUERY_WORDS, SIMLOSS_DROPPED
-    from tests.fixtures_formats import CIFAR100_FINE, write_word2vec_binary
+    from tests.helpers.formats import CIFAR100_FINE, write_word2vec_binary
 
     write_cifar100(tmp_path, n_train_per_class=3, n_test_per_class=1)
     g = torch.Generator().manual_seed(0)

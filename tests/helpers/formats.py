@@ -1,4 +1,5 @@
-"""Writers for small fixtures in the real on-disk formats (UTKFace, AFAD, CIFAR pickles, word vectors).
+"""Writers for small fixtures in the real on-disk formats (UTKFace, AFAD, CIFAR pickles, word vectors,
+Pl@ntNet-300K folders, the raw Road Marking dataset).
 
 Written independently of the readers, from the format descriptions, so tests check the readers against
 the formats rather than against themselves.
@@ -146,3 +147,47 @@ def write_glove(path: Path, vectors: dict[str, Sequence[float]]) -> Path:
     lines = [w + " " + " ".join(f"{float(v):.8f}" for v in vec) for w, vec in vectors.items()]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return Path(path)
+
+
+PLANTNET_SPECIES = ["1355868", "1355920", "1363227"]
+
+
+def make_plantnet(root, images=True, per_class=(3, 1, 1), size=(40, 30)):
+    """Pl@ntNet-300K folders of random JPEGs; class c has c extra training images, so counts tell classes apart."""
+    from PIL import Image
+
+    base = root / "images" if images else root
+    rng = np.random.RandomState(0)
+    for split, n in zip(("train", "val", "test"), per_class):
+        for c, sp in enumerate(PLANTNET_SPECIES):
+            d = base / split / sp
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n + (c if split == "train" else 0)):
+                Image.fromarray(rng.randint(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    return root
+
+
+# class -> number of annotations; "car" and "X-crossing" are among the 17 dropped classes
+FIXTURE = {"left": 10, "right": 10, "bike": 6, "car": 3, "X-crossing": 2}
+
+
+def write_raw(root: Path, comma: bool = True) -> Path:
+    """A raw RoadMarkingDataset folder: 3 scene images and one annotation line per road marking."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    for s in range(3):
+        arr = rng.randint(0, 255, size=(120, 160, 3)).astype(np.uint8)
+        Image.fromarray(arr).save(root / f"scene{s}.jpg", quality=95)
+    lines, i = [], 0
+    for cls, n in FIXTURE.items():
+        for _ in range(n):
+            x0, y0 = 5 + 3 * (i % 10), 7 + 2 * (i % 7)
+            pts = [x0, y0 + 1.5, x0 + 40, y0, x0 + 41.7, y0 + 30, x0 - 1, y0 + 29]  # a skewed quadrilateral
+            fname = f"scene{i % 3}.png"  # the official script reads `.png` names as `.jpg`
+            fields = [f"{p}" for p in pts] + [cls, fname]
+            lines.append(",".join(fields) if comma else " ".join(fields))
+            i += 1
+    (root / "dataset_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root
