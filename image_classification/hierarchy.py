@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from experiments.engine.data import Meta
 from experiments.engine.loss import EngineLoss
 from experiments.engine.metrics import EvalOutputs, Measure, Metric
-from image_classification.metrics import tree_distance
+from image_classification.metrics import ranked_classes, tree_distance
 
 
 def _superclass(meta: Meta, who: str) -> torch.Tensor:
@@ -107,7 +107,7 @@ class HierarchicalDistance(Metric):
     def __call__(self, out: EvalOutputs, meta, state=None):
         dist = tree_distance(meta.superclass.long().cpu()).double()
         logits, y = out.logits.cpu(), out.targets.cpu()
-        top = logits.topk(min(max(self.ks), logits.shape[1]), dim=1).indices
+        top = ranked_classes(logits, min(max(self.ks), logits.shape[1]))
         d = dist[top, y[:, None]]
         wrong = d[:, 0] != 0
         res = {}

@@ -228,3 +228,76 @@ def test_an_value_without_gradient_is_the_same():
         with torch.no_grad():
             plain = AssumeNegative(**kw)(z, y).item()
         assert plain == AssumeNegative(**kw)(z.clone().requires_grad_(), y).item()
+
+
+# ---------------------------------------------------------------- (a) one top-1 tie rule
+
+def mbm_top1_severity_and_sa(logits: torch.Tensor, y: torch.Tensor, superclass: list[int]):
+    """fiveai/making-better-mistakes `run_xent.py`: one `output.topk(max(topK_to_consider) = 100, 1, True, True)`
+    (capped at C here), the tree distance of column 0, mistakes = samples whose column-0 distance is not 0; and the
+    superclass accuracy of that same top-1."""
+    _, ranked = logits.topk(min(100, logits.shape[1]), 1, True, True)
+    dist = lambda a, b: 0 if a == b else (1 if superclass[a] == superclass[b] else 2)
+    top1_dist = [dist(ranked[i][0].item(), y[i].item()) for i in range(len(y))]
+    mistakes = [d for d in top1_dist if d != 0]
+    sa = sum(superclass[ranked[i][0].item()] == superclass[y[i].item()] for i in range(len(y))) / len(y)
+    return sum(mistakes) / len(mistakes), sa
+
+
+def superclass_eval(logits, y, superclass):
+    from experiments.engine.data import Meta
+    from experiments.engine.metrics import EvalOutputs
+
+    c = logits.shape[1]
+    meta = Meta(num_classes=c, class_names=[str(i) for i in range(c)], class_counts=torch.ones(c),
+                superclass=torch.tensor(superclass))
+    return EvalOutputs(outputs={"logits": logits}, scores={"probs": logits.softmax(1)}, targets=y), meta
+
+
+def test_superclass_metrics_tied_logits_c4_known_answer():
+    from image_classification.metrics import SuperclassMetrics
+
+    superclass = [0, 0, 1, 1]
+    logits = torch.tensor([[1.0, 0, 0, 1],    # y = 0: argmax 0 (right); ranked first: 3 (d = 2)
+                           [1.0, 1, 1, 1],    # y = 0: argmax 0 (right); ranked first: 2 (d = 2)
+                           [1.0, 0, 1, 0],    # y = 0: both 0 (a tie both rules break alike)
+                           [5.0, 0, 0, 0],    # y = 1: both 0, d = 1
+                           [0.0, 0, 5, 0],    # y = 0: both 2, d = 2
+                           [0.0, 5, 0, 0],    # y = 3: both 1, d = 2
+                           [0.0, 0, 0, 5]])   # y = 3: right
+    y = torch.tensor([0, 0, 0, 1, 0, 3, 3])
+    severity, sa = mbm_top1_severity_and_sa(logits, y, superclass)
+    assert (severity, sa) == (pytest.approx(9 / 5), pytest.approx(3 / 7))  # the first index gave 5/3 and 5/7
+    res = SuperclassMetrics()(*superclass_eval(logits, y, superclass))
+    assert res["mistake_severity"] == pytest.approx(9 / 5)
+    assert res["superclass_accuracy"] == pytest.approx(3 / 7)
+    assert res["failed_superclass_accuracy"] == pytest.approx(1 / 5)  # severity = 2 − FSA still
+
+
+@pytest.mark.parametrize("ks", [(1,), (1, 3), (1, 5), (1, 5, 20)])
+def test_hierarchy_metrics_share_the_official_top1_under_ties_c100(ks):
+    from image_classification.hierarchy import HierarchicalDistance
+    from image_classification.metrics import SuperclassMetrics
+
+    superclass = [i // 5 for i in range(100)]
+    logits = torch.zeros(6, 100)
+    logits[0, [3, 50, 97]] = 1  # topk(1) says 3, topk(5) and topk(100) say 50
+    logits[1, [0, 1]] = 1       # argmax and topk(1) say 0, topk(100) says 1
+    logits[2, 7], logits[3, 42], logits[4] = 2, 2, 0.5  # row 4: all 100 tied
+    logits[5, [10, 11, 12]] = 3
+    y = torch.tensor([3, 0, 8, 42, 0, 12])
+    ev, meta = superclass_eval(logits, y, superclass)
+    severity, sa = mbm_top1_severity_and_sa(logits, y, superclass)
+    res = SuperclassMetrics()(ev, meta)
+    assert res["mistake_severity"] == pytest.approx(severity)
+    assert res["superclass_accuracy"] == pytest.approx(sa)
+    assert HierarchicalDistance(ks=ks)(ev, meta)["hdist_mistakes@1"] == pytest.approx(severity)
+
+
+def test_superclass_metrics_keep_the_loss_own_prediction():
+    from image_classification.metrics import SuperclassMetrics
+
+    ev, meta = superclass_eval(torch.ones(2, 4), torch.tensor([0, 2]), [0, 0, 1, 1])
+    ev.prediction = torch.tensor([1, 2])
+    res = SuperclassMetrics()(ev, meta)
+    assert res["mistake_severity"] == 1.0 and res["superclass_accuracy"] == 1.0
