@@ -11,7 +11,11 @@ import torch
 from age_estimation.ordinal_losses import CDWCE
 from average_k.conformal import aps_scores
 from average_k.losses import AssumeNegative
+from experiments.engine.data import Meta
 from experiments.engine.errors import UserError
+from experiments.engine.metrics import EvalOutputs
+from image_classification.hierarchy import HierarchicalDistance
+from image_classification.metrics import SuperclassMetrics
 
 
 # ---------------------------------------------------------------- (b) CDW-CE
@@ -245,9 +249,6 @@ def mbm_top1_severity_and_sa(logits: torch.Tensor, y: torch.Tensor, superclass: 
 
 
 def superclass_eval(logits, y, superclass):
-    from experiments.engine.data import Meta
-    from experiments.engine.metrics import EvalOutputs
-
     c = logits.shape[1]
     meta = Meta(num_classes=c, class_names=[str(i) for i in range(c)], class_counts=torch.ones(c),
                 superclass=torch.tensor(superclass))
@@ -255,8 +256,6 @@ def superclass_eval(logits, y, superclass):
 
 
 def test_superclass_metrics_tied_logits_c4_known_answer():
-    from image_classification.metrics import SuperclassMetrics
-
     superclass = [0, 0, 1, 1]
     logits = torch.tensor([[1.0, 0, 0, 1],    # y = 0: argmax 0 (right); ranked first: 3 (d = 2)
                            [1.0, 1, 1, 1],    # y = 0: argmax 0 (right); ranked first: 2 (d = 2)
@@ -276,9 +275,6 @@ def test_superclass_metrics_tied_logits_c4_known_answer():
 
 @pytest.mark.parametrize("ks", [(1,), (1, 3), (1, 5), (1, 5, 20)])
 def test_hierarchy_metrics_share_the_official_top1_under_ties_c100(ks):
-    from image_classification.hierarchy import HierarchicalDistance
-    from image_classification.metrics import SuperclassMetrics
-
     superclass = [i // 5 for i in range(100)]
     logits = torch.zeros(6, 100)
     logits[0, [3, 50, 97]] = 1  # topk(1) says 3, topk(5) and topk(100) say 50
@@ -295,8 +291,6 @@ def test_hierarchy_metrics_share_the_official_top1_under_ties_c100(ks):
 
 
 def test_superclass_metrics_keep_the_loss_own_prediction():
-    from image_classification.metrics import SuperclassMetrics
-
     ev, meta = superclass_eval(torch.ones(2, 4), torch.tensor([0, 2]), [0, 0, 1, 1])
     ev.prediction = torch.tensor([1, 2])
     res = SuperclassMetrics()(ev, meta)
