@@ -4,6 +4,7 @@ All builders return float64 C×C tensors with values in [0, 1] and ones on the d
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ import torch
 from experiments.engine.data import Meta, cache_key, cached
 from experiments.engine.errors import UserError
 from experiments.losses.simloss import SimLoss
-from image_classification.wordvectors import FORMATS, read_vectors
+from image_classification.wordvectors import (FORMATS, NAMED_SOURCES, is_named_source, named_data_dir,
+                                              named_signature, named_version, read_vectors)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,15 @@ def _parts(name: str) -> list[str]:
     return [p for p in name.replace("_", " ").split(" ") if p]
 
 
+def _what(source: str | Path) -> str:
+    return f"word vectors {source}" if is_named_source(source) else f"word-vector file {source}"
+
+
 def class_vectors(path: str | Path, queries: Sequence[str], class_names: Sequence[str],
                   fmt: str = "auto") -> tuple[np.ndarray, list[str]]:
-    """One vector per class: the first of (query, class name) found; else the mean of its words' vectors.
+    """One vector per class: the first of (query, class name, query with underscores for spaces) found; else the
+    mean of the vectors of the query's words (a multi-word name such as "pickup truck" in a vocabulary without
+    phrases). `path` is a word-vector file or a named source (`NAMED_SOURCES`).
 
     Returns (vectors, keys used). Raises UserError naming the classes with no vector.
     """
@@ -110,23 +118,33 @@ def class_vectors(path: str | Path, queries: Sequence[str], class_names: Sequenc
             continue
         missing.append(f"{n} (tried {' / '.join(repr(c) for c in _candidates(q, n))}{_official_hint(n, q)})")
     if missing:
-        raise UserError(f"word-vector file {path} has no vector for {len(missing)} class(es): "
+        raise UserError(f"{_what(path)} has no vector for {len(missing)} class(es): "
                         f"{', '.join(missing)}; use a file that covers them (CIFAR-100 with word2vec: "
                         f"dataset.classes=96)")
     dims = {len(v) for v in vecs}
     if len(dims) != 1:
-        raise UserError(f"word-vector file {path} mixes vector lengths {sorted(dims)}; the file is corrupt")
+        raise UserError(f"{_what(path)} mixes vector lengths {sorted(dims)}; the file is corrupt")
     return np.stack(vecs), keys
 
 
 def embedding_cosine(path: str | Path, queries: Sequence[str], class_names: Sequence[str] | None = None,
                      fmt: str = "auto", cache: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Cosine matrix of the class vectors from `path`, cached in a file next to `path` with its source."""
-    path = Path(path).expanduser()
+    """Cosine matrix of the class vectors from `path` and a record of its source. A file's matrix is cached in a
+    file next to it; a named source (an installed package, read in place in well under a second) is kept in
+    memory for the process instead, since its package folder need not be writable."""
     class_names = list(class_names) if class_names is not None else list(queries)
+    if is_named_source(path):
+        if fmt != "auto":
+            raise UserError(f"loss.embedding_format={fmt}: the named source {path} has its own format; leave "
+                            f"loss.embedding_format=auto")
+        # the memo key names the installation too: another one in the same process is not mistaken for it
+        cosine, source = _named_cosine(str(path), tuple(queries), tuple(class_names), named_signature(str(path)))
+        return cosine.clone(), dict(source)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"loss.embeddings={path} does not exist; put a word2vec/GloVe file there "
-                        f"(e.g. GoogleNews-vectors-negative300.bin) or set loss.embeddings")
+                        f"(e.g. GoogleNews-vectors-negative300.bin) or name an installed source "
+                        f"({', '.join(NAMED_SOURCES)})")
     st = path.stat()
     key = cache_key(queries=list(queries), names=class_names, size=st.st_size, mtime=st.st_mtime_ns, fmt=fmt)
     cache_path = path.with_name(f"{path.name}.simloss_cosine_{key}.pt")
@@ -149,8 +167,19 @@ def embedding_cosine(path: str | Path, queries: Sequence[str], class_names: Sequ
     return stored["cosine"], stored["source"]
 
 
+@functools.lru_cache(maxsize=8)
+def _named_cosine(name: str, queries: tuple[str, ...], class_names: tuple[str, ...],
+                  installed: tuple) -> tuple[torch.Tensor, dict]:
+    vectors, keys = class_vectors(name, queries, class_names)
+    src = NAMED_SOURCES[name]
+    source = {"kind": "embedding", "source": name, "package": src.package, "package_version": named_version(name),
+              "file": str(named_data_dir(name) / src.matrix), "class_names": list(class_names),
+              "queries": list(queries), "keys": keys}
+    return cosine_similarity_matrix(vectors), source
+
+
 # --------------------------------------------------------------------------- statistics of S
-STATS_LOWER_BOUNDS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
+STATS_LOWER_BOUNDS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)   # covers the SimLoss CIFAR grids
 
 
 def similarity_stats(similarity: torch.Tensor, superclass: torch.Tensor | Sequence[int],
@@ -180,50 +209,88 @@ def format_stats(stats: dict[str, float]) -> str:
             f"mean row mass Σ_(c≠y) S'[y,c] of {int(stats['classes'])} classes: {masses}")
 
 
-def stand_in_similarity(kind: str = "word2vec_like", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine matrix of the synthetic_cifar stand-in's class vectors and its superclasses (built in a temp dir)."""
+def stand_in_similarity(kind: str = "word2vec_like", seed: int = 0,
+                        classes: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine matrix of the synthetic_cifar stand-in's class vectors (`dataset.class_vectors`: a named source or an
+    invented kind, `dataset.seed`) over its `classes` CIFAR-100 classes, and their superclasses; the same lookup
+    a SimLoss run with `loss.embeddings=null` makes."""
     import tempfile
 
-    from image_classification.synthetic import SyntheticCifar
+    from image_classification.synthetic import SyntheticCifar, cifar100_classes
 
+    if is_named_source(kind):
+        names, superclass, queries = cifar100_classes(classes)   # what the stand-in's meta carries; no images
+        return embedding_cosine(kind, queries, names)[0], superclass
     with tempfile.TemporaryDirectory() as tmp:
         meta = SyntheticCifar(tmp, n_train_per_class=2, n_test_per_class=1, image_size=8, seed=seed,
-                              class_vectors=kind)().meta
-        cosine, _ = embedding_cosine(meta.extras["class_vectors_path"], meta.class_names, cache=False)
+                              class_vectors=kind, classes=classes)().meta
+        cosine, _ = embedding_cosine(meta.extras["class_vectors"], meta.extras["query_words"], meta.class_names,
+                                     cache=False)
     return cosine, meta.superclass
 
 
+def describe_vectors(kind: str) -> str:
+    """One phrase naming where a stand-in's class vectors come from (table footers, the stats command)."""
+    if is_named_source(kind):
+        return f"{NAMED_SOURCES[kind].about}; package {NAMED_SOURCES[kind].package} {named_version(kind) or ''}".strip()
+    return {"word2vec_like": "invented word2vec-like vectors calibrated to assumed statistics, docs/simloss.md",
+            "prototypes": "invented: the stand-in's class prototypes, 8×8-pooled"}[kind]
+
+
 def stand_in_footer(spec) -> list[str]:
-    """Table footer hook (`footer:` of the SimLoss CIFAR table): the S statistics of the stand-in's class vectors."""
-    cosine, superclass = stand_in_similarity()
-    return ["Similarity S of the stand-in's class vectors (word2vec-like calibration, docs/simloss.md): "
-            + format_stats(similarity_stats(cosine, superclass)).replace("\n", "; ")]
+    """Table footer hook (`footer:` of a SimLoss CIFAR table): statistics of the S its runs use, described by the
+    table's `options`: `class_vectors`, `classes`, `seed` (= the runs' dataset.class_vectors, dataset.classes,
+    dataset.seed; defaults glove-6b-50d, 96, 0)."""
+    opts = dict(spec.options or {})
+    kind, classes = str(opts.get("class_vectors", "glove-6b-50d")), int(opts.get("classes", 96))
+    cosine, superclass = stand_in_similarity(kind, int(opts.get("seed", 0)), classes)
+    return [f"Similarity S = cosine of the class vectors of the {classes} CIFAR-100 class names "
+            f"({describe_vectors(kind)}): " + format_stats(similarity_stats(cosine, superclass)).replace("\n", "; ")]
+
+
+def _cli_similarity(args) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(S, superclasses, description) for the `stats` command."""
+    if not args.embeddings:
+        classes = args.classes or 100
+        cosine, sup = stand_in_similarity(args.stand_in, args.seed, classes)
+        what = f"synthetic_cifar stand-in, {classes} classes, {describe_vectors(args.stand_in)}, seed {args.seed}"
+        return cosine, sup, what
+    classes = args.classes or 96
+    if args.cifar:
+        from image_classification.cifar import Cifar100
+
+        meta = Cifar100(args.cifar, classes=classes)().meta
+        names, sup, queries = meta.class_names, meta.superclass, meta.extras["query_words"]
+    else:
+        from image_classification.synthetic import cifar100_classes
+
+        names, sup, queries = cifar100_classes(classes)
+    cosine, _ = embedding_cosine(args.embeddings, queries, names)
+    return cosine, sup, f"CIFAR-100 ({classes} classes), {args.embeddings}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m image_classification.similarity stats [--stand-in KIND --seed N | --embeddings F --cifar D]`."""
+    """`python -m image_classification.similarity stats [--stand-in KIND --seed N | --embeddings SOURCE
+    [--cifar D]] [--classes 96|100]`."""
     import argparse
+
+    from image_classification.synthetic import VECTOR_KINDS
 
     ap = argparse.ArgumentParser(prog="python -m image_classification.similarity")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    st = sub.add_parser("stats", help="statistics of S (default: the synthetic_cifar stand-in's class vectors)")
-    st.add_argument("--stand-in", default="word2vec_like", choices=["word2vec_like", "prototypes"])
+    st = sub.add_parser("stats", help="statistics of S (default: the stand-in's invented word2vec-like vectors)")
+    st.add_argument("--stand-in", default="word2vec_like", choices=[*VECTOR_KINDS, *NAMED_SOURCES],
+                    help="the stand-in's dataset.class_vectors")
     st.add_argument("--seed", type=int, default=0, help="the stand-in's dataset.seed")
-    st.add_argument("--embeddings", help="word-vector file: S of the CIFAR-100 (96-class) names instead")
-    st.add_argument("--cifar", help="folder holding cifar-100-python (superclasses for --embeddings)")
+    st.add_argument("--classes", type=int, choices=[96, 100],
+                    help="CIFAR-100 classes (default 100 for --stand-in, 96 = the SimLoss subset for --embeddings)")
+    st.add_argument("--embeddings", help=f"a word-vector file or a named source ({', '.join(NAMED_SOURCES)}): "
+                                         f"S of the CIFAR-100 class names")
+    st.add_argument("--cifar", help="folder holding cifar-100-python: names and superclasses from its meta file "
+                                    "(default: CIFAR-100's, built in)")
     args = ap.parse_args(argv)
     try:
-        if args.embeddings:
-            from image_classification.cifar import Cifar100
-
-            if not args.cifar:
-                raise UserError("--embeddings needs --cifar <folder with cifar-100-python> for the superclasses")
-            meta = Cifar100(args.cifar, classes=96)().meta
-            cosine, _ = embedding_cosine(args.embeddings, meta.extras["query_words"], meta.class_names)
-            sup, what = meta.superclass, f"CIFAR-100 (96 classes), {args.embeddings}"
-        else:
-            cosine, sup = stand_in_similarity(args.stand_in, args.seed)
-            what = f"synthetic_cifar stand-in, {args.stand_in} class vectors, seed {args.seed}"
+        cosine, sup, what = _cli_similarity(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -279,10 +346,10 @@ def build_similarity(spec: SimilaritySpec, meta: Meta) -> tuple[torch.Tensor, di
                             "loss.similarity")
         return (superclass_similarity(meta.superclass, spec.superclass_sim),
                 {"kind": kind, "superclass_sim": spec.superclass_sim})
-    path = spec.embeddings or meta.extras.get("class_vectors_path")
+    path = spec.embeddings or meta.extras.get("class_vectors") or meta.extras.get("class_vectors_path")
     if path is None:
-        raise UserError("loss.similarity=embedding needs a word-vector file: set loss.embeddings=<path to a "
-                        "word2vec/GloVe file>")
+        raise UserError(f"loss.similarity=embedding needs word vectors: set loss.embeddings to an installed "
+                        f"source ({', '.join(NAMED_SOURCES)}) or to a word2vec/GloVe file")
     queries = list(meta.extras.get("query_words") or meta.class_names)
     cosine, source = embedding_cosine(path, queries, meta.class_names, spec.embedding_format)
     return lower_bound_rescale(cosine, spec.lower_bound), {**source, "lower_bound": spec.lower_bound}
@@ -312,8 +379,9 @@ class ConfiguredSimLoss(SimLoss):
 
     similarity: ordinal | embedding | superclass | identity | null (= the dataset's `natural_similarity`).
     r: ordinal factor, S[i,j] = r^|i−j|. lower_bound: l of the embedding rescaling max(0, (S−l)/(1−l)).
-    embeddings: word-vector file (word2vec bin/text, GloVe); null = the class vectors the dataset wrote
-    (`meta.extras["class_vectors_path"]`). superclass_sim: s for two classes of one superclass.
+    embeddings: a named source installed as a package (`glove-6b-50d`) or a word-vector file (word2vec bin/text,
+    GloVe); null = the dataset's class vectors (`meta.extras["class_vectors"]`: the stand-in's
+    `dataset.class_vectors`). superclass_sim: s for two classes of one superclass.
     """
 
     def __init__(self, similarity: str | None = None, r: float = 0.5, lower_bound: float = 0.0,
