@@ -41,7 +41,7 @@ def test_afad_fixture_one_epoch(train_run, tmp_path):
     rec = train_run(*real("dataset=afad", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'c'}",
                           "model=small_cnn", "loss=simloss", "loss.r=0.7", "trainer.select_metric=val/mae"),
                     shrink=False)
-    assert_completed(rec, "test/mae", "test/mistake_severity")
+    assert_completed(rec, "test/mae", "test/mae_mistakes")
     assert rec["data"]["n_train"] + rec["data"]["n_val"] + rec["data"]["n_test"] == 20
 
 
@@ -71,14 +71,16 @@ def test_simloss_on_cifar10_needs_a_named_similarity(compose, tmp_path):
 
 def test_simloss_age_preset(train_run):
     rec = train_run("experiment=simloss_age", "loss.r=0.5")
-    assert_completed(rec, "test/mae", "test/mae_expected", "test/mistake_severity")
+    assert_completed(rec, "test/mae", "test/mae_expected", "test/mae_mistakes")
     assert rec["config"]["trainer"]["select_metric"] == "val/mae"
 
 
-def test_simloss_cifar_preset_uses_the_stand_in_class_vectors(train_run, compose):
-    rec = train_run("experiment=simloss_cifar", "loss.lower_bound=0.2")
+def test_simloss_cifar_with_the_invented_class_vectors(train_run, compose):
+    """The invented word2vec-like vectors stay an option (the default is the real GloVe S: tests/test_glove.py)."""
+    invented = ("dataset.class_vectors=word2vec_like", "dataset.classes=100")
+    rec = train_run("experiment=simloss_cifar", "loss.lower_bound=0.2", *invented)
     assert_completed(rec, "test/superclass_accuracy", "test/failed_superclass_accuracy")
-    cfg, _ = compose("experiment=simloss_cifar", "loss.lower_bound=0.2")
+    cfg, _ = compose("experiment=simloss_cifar", "loss.lower_bound=0.2", *invented)
     data, loss, _, _ = build_components(cfg)
     assert loss.source["file"] == str(Path(data.meta.extras["class_vectors_path"]).resolve())
     sup = data.meta.superclass
