@@ -5,7 +5,9 @@ Accepted layouts (first found wins): `<root>/images/{train,val,test}/<species_id
 `class_idx_to_species_id.json` (the order of the released weights), else sorted folder names over all splits
 (identical to ImageFolder's when every split has every species). `plantnet300K_species_id_2_name.json`, if
 present, names the classes. Transforms as the official code: Resize(resize) → RandomCrop(crop) for training,
-Resize(resize) → CenterCrop(crop) for evaluation, no flip; ImageNet statistics when `pretrained_stats`.
+Resize(resize) → CenterCrop(crop) for evaluation, no flip; ImageNet statistics when `pretrained_stats`. Workers
+return uint8 crops, normalised on the training device; `decode` picks the decoder (experiments/engine/decode.py:
+`pil` is the exact path, the others are measured deviations).
 `scale` < 1 keeps the first max(1, round(scale·n)) files of each species in each split (quick looks, smoke runs).
 `expect_version: v1.1` refuses, in one line, a root whose species count or split sizes (counted before `scale`)
 are not v1.1's (1,081 species; 243,916 / 31,118 / 31,112 images), naming the version found (v2.0 has 1,000
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from experiments.engine.data import Data, FolderSplit, Meta, class_counts, with_imbalance
+from experiments.engine.decode import ImageView, check_decoder
 from experiments.engine.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -77,7 +80,10 @@ def _read_json(path: Path):
 
 class PlantNet300K:
     def __init__(self, root: str, resize: int = 256, crop: int = 224, pretrained_stats: bool = True,
-                 scale: float = 1.0, expect_version: str | None = None, imbalance: dict | None = None):
+                 scale: float = 1.0, expect_version: str | None = None, imbalance: dict | None = None,
+                 decode: str = "pil"):
+        check_decoder(decode)
+        self.decode = decode
         if not 0 < scale <= 1:
             raise UserError(f"dataset.scale={scale}: must be in (0, 1] (fraction of each species' images kept)")
         if crop > resize:
@@ -92,13 +98,10 @@ class PlantNet300K:
         self.scale = float(scale)
         self.expect_version = expect_version
 
-    def transforms(self):
-        from torchvision import transforms as T
-
-        norm = [T.ToTensor(), T.Normalize(*self.stats)]
-        train = T.Compose([T.Resize(self.resize), T.RandomCrop(self.crop), *norm])
-        evaluate = T.Compose([T.Resize(self.resize), T.CenterCrop(self.crop), *norm])
-        return train, evaluate
+    def transforms(self) -> tuple[ImageView, ImageView]:
+        """Train and eval views: Resize(resize) → RandomCrop / CenterCrop(crop) as uint8; normalised on the device."""
+        return (ImageView(self.resize, self.crop, random=True, decode=self.decode),
+                ImageView(self.resize, self.crop, random=False, decode=self.decode))
 
     def class_order(self, listed: dict[str, dict[str, list[str]]]) -> list[str]:
         idx_file = self.root / "class_idx_to_species_id.json"

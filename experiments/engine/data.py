@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from experiments.engine.checkpoint import set_aside
+from experiments.engine.decode import decode_batch
 from experiments.engine.errors import UserError
 from experiments.engine.imbalance import Imbalance, select_indices
 
@@ -101,13 +103,15 @@ class TensorSplit:
 
 
 class FolderSplit(torch.utils.data.Dataset):
-    """A split streamed from image files through a torchvision transform; yields (x, y, index)."""
-    def __init__(self, files: Sequence[str | os.PathLike], y: torch.Tensor, transform: Callable):
+    """A split streamed from image files; `view(path)` reads one file as a uint8 C×H×W tensor
+    (`experiments.engine.decode.ImageView`: decoder, resize, crop, flip); yields (x, y, index). Normalisation
+    happens on the training device, per batch (`StreamLoader`)."""
+    def __init__(self, files: Sequence[str | os.PathLike], y: torch.Tensor, view: Callable[[str], torch.Tensor]):
         if len(files) != len(y):
             raise ValueError(f"FolderSplit: {len(files)} files but {len(y)} labels")
         self.files = [str(f) for f in files]
         self.y = torch.as_tensor(y).long()
-        self.transform = transform
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.y)
@@ -118,14 +122,10 @@ class FolderSplit(torch.utils.data.Dataset):
 
     def subset(self, idx: torch.Tensor) -> "FolderSplit":
         idx = torch.as_tensor(idx).tolist()
-        return FolderSplit([self.files[i] for i in idx], self.y[idx], self.transform)
+        return FolderSplit([self.files[i] for i in idx], self.y[idx], self.view)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
-        with Image.open(self.files[i]) as im:
-            x = self.transform(im.convert("RGB"))
-        return x, self.y[i], i
+        return self.view(self.files[i]), self.y[i], i
 
 
 Split = TensorSplit | FolderSplit
@@ -276,30 +276,125 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return torch.empty((n, h, w, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2).copy_(x)
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    import random
+# Prefetched batches per worker: measured with `make bench` (Pl@ntNet-300K train transform, 2 workers, 800×600 JPEGs):
+# 2 and 4 fed a consumer equally (see README, Performance), so torch's default of 2, which holds less memory.
+PREFETCH_FACTOR = 2
 
-    random.seed(seed)
+
+def _reseed_worker(seed: int) -> None:
+    """Seed a worker's RNGs as DataLoader + the former `worker_init_fn` did when a pass started its workers:
+    torch with `base seed + worker id`, NumPy and `random` with that modulo 2**32."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed % 2**32)
+
+
+class _Splits(torch.utils.data.Dataset):
+    """The folder splits of one `Data`, served by one worker pool. An item is (split, index, base seed, pass):
+    the first item of a new pass a worker sees reseeds it with `base seed + worker id`, which is what a fresh
+    (non-persistent) DataLoader did at every pass, so persistent workers draw the same crops as before."""
+
+    def __init__(self, splits: dict[str, FolderSplit]):
+        self.splits = splits
+        self.current = -1
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.splits.values())
+
+    def __getitem__(self, item: tuple[str, int, int, int]):
+        name, i, base, current = item
+        info = torch.utils.data.get_worker_info()
+        if current != self.current and info is not None:
+            _reseed_worker(base + info.id)
+        self.current = current
+        return self.splits[name][i]
+
+
+class _Batches:
+    """The batch sampler of a pool: the batches of the pass about to start, set in the main process before the
+    DataLoader is iterated (persistent workers keep the DataLoader, and so this sampler, across passes)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int, int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _collate(items: list) -> tuple:
+    """Stack uint8 images (in shared memory, in a worker); raw file bytes (`decode: cuda`) stay a list."""
+    if items[0][0].dim() == 1:
+        xs, ys, idx = zip(*items)
+        return list(xs), torch.stack(ys), torch.tensor(idx)
+    return torch.utils.data.default_collate(items)
+
+
+class StreamPool:
+    """One DataLoader (and, with workers, one persistent pool of worker processes) over every folder split of a
+    `Data`: workers start once per run instead of at every epoch and every evaluation."""
+
+    def __init__(self, splits: dict[str, FolderSplit], num_workers: int, pin_memory: bool):
+        self.splits, self.sampler, self.passes = splits, _Batches(), 0
+        # a private generator: DataLoader's own seed draw must not consume the caller's or the global RNG
+        self.loader = torch.utils.data.DataLoader(
+            _Splits(splits), batch_sampler=self.sampler, num_workers=num_workers, collate_fn=_collate,
+            pin_memory=pin_memory, persistent_workers=num_workers > 0, generator=torch.Generator(),
+            prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None)
+
+    def start(self, name: str, batch_size: int, shuffle: bool, drop_last: bool,
+              generator: torch.Generator | None) -> int:
+        """Plan the batches of one pass over split `name`, drawing what a DataLoader drew: the workers' base seed
+        first, then (shuffle) the permutation. Returns the base seed."""
+        base = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+        n = len(self.splits[name])
+        if shuffle:
+            if generator is None:  # RandomSampler without a generator seeds one from the global RNG
+                generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        stop = n - n % batch_size if drop_last else n
+        self.passes += 1
+        self.sampler.batches = [[(name, i, base, self.passes) for i in order[b:b + batch_size]]
+                                for b in range(0, stop, batch_size)]
+        return base
+
+
+def stream_pool(data: Data, num_workers: int, device: torch.device) -> StreamPool:
+    """The pool of `data` for this worker count and device kind, made on first use and kept on `data`."""
+    pools = data.__dict__.setdefault("_stream_pools", {})
+    key = (num_workers, device.type == "cuda")
+    if key not in pools:
+        splits = {k: s for k, s in data.splits().items() if isinstance(s, FolderSplit)}
+        pools[key] = StreamPool(splits, num_workers, pin_memory=device.type == "cuda")
+    return pools[key]
 
 
 class StreamLoader:
-    """Wraps a torch DataLoader over a FolderSplit so it yields `Batch`es."""
-    def __init__(self, split: FolderSplit, batch_size: int, device: torch.device, *, shuffle: bool,
-                 generator: torch.Generator | None, num_workers: int, drop_last: bool = False):
-        self.device = device
-        self.loader = torch.utils.data.DataLoader(
-            split, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-            generator=generator, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
-            persistent_workers=False)
+    """One pass over a streamed split: uint8 batches from the pool's workers go to `device` (pinned and
+    non-blocking on CUDA) and are converted and normalised there in one batched op, as in-memory batches are."""
+
+    def __init__(self, pool: StreamPool, name: str, batch_size: int, device: torch.device, meta: Meta, *,
+                 shuffle: bool, generator: torch.Generator | None, drop_last: bool = False):
+        self.pool, self.name, self.batch_size, self.device, self.meta = pool, name, batch_size, device, meta
+        self.shuffle, self.generator, self.drop_last = shuffle, generator, drop_last
 
     def __len__(self) -> int:
-        return len(self.loader)
+        n = len(self.pool.splits[self.name])
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        for x, y, idx in self.loader:
-            yield Batch(x, y, idx)
+        base = self.pool.start(self.name, self.batch_size, self.shuffle, self.drop_last, self.generator)
+        view = self.pool.splits[self.name].view
+        crops = torch.Generator().manual_seed(base)  # `decode: cuda` draws its crops in this process
+        for x, y, idx in self.pool.loader:
+            if isinstance(x, list):
+                x = decode_batch(x, view, self.device, crops)
+            x = normalize(x.to(self.device, non_blocking=True), self.meta.mean, self.meta.std)
+            yield Batch(x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True))
 
 
 def make_loader(data: Data, split_name: str, batch_size: int, device: torch.device, *, train: bool,
@@ -308,13 +403,13 @@ def make_loader(data: Data, split_name: str, batch_size: int, device: torch.devi
     if isinstance(split, TensorSplit):
         return InMemoryLoader(split, data.meta, batch_size, device, shuffle=train, generator=generator,
                               augment=data.augment if train else None)
-    # streamed: the generator must live on the CPU for DataLoader's sampler
+    # streamed: the generator must live on the CPU for the sampler
     cpu_gen = None
     if generator is not None:
         cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator,
                                                                   device=generator.device).item()))
-    return StreamLoader(split, batch_size, device, shuffle=train, generator=cpu_gen,
-                        num_workers=num_workers)
+    return StreamLoader(stream_pool(data, num_workers, device), split_name, batch_size, device, data.meta,
+                        shuffle=train, generator=cpu_gen)
 
 
 # --------------------------------------------------------------------------- splitting helpers
