@@ -311,16 +311,16 @@ class _AssumeNegative(torch.autograd.Function):
         else:
             pos_n, pos_p = None, (v.gather(1, t) if grad_wanted else torch.sigmoid(z.gather(1, t))).add_(LOG_EPS)
         arg_n.scatter_(1, t, pos_p)
-        if grad_wanted:
+        logs = _sum_log(arg_n, LOG_EPS) * (1 - ls) + (_sum_log(arg_p, LOG_EPS) * ls if ls else 0.0)
+        if w_neg != 1:
+            logs = logs + (pos_p.log().sum() * (1 - ls) + (pos_n.log().sum() * ls if ls else 0.0)) * ((1 - w_neg) / w_neg)
+        if grad_wanted:  # in place from here on: u, v and the logs' arguments are spent (saves B·C allocations)
             uv = u.mul_(v)  # σ'(z) = σ(z)·σ(−z)
-            grad = uv / arg_n
+            grad = torch.div(uv, arg_n, out=arg_n)
             if ls:
                 grad.sub_(uv.div_(arg_p), alpha=ls / (1 - ls))
             ctx.save_for_backward(grad.scatter_(1, t, grad.gather(1, t).mul_(-1 / w_neg)))
             ctx.scale = w_neg * (1 - ls) / z.numel()
-        logs = _sum_log(arg_n, LOG_EPS) * (1 - ls) + (_sum_log(arg_p, LOG_EPS) * ls if ls else 0.0)
-        if w_neg != 1:
-            logs = logs + (pos_p.log().sum() * (1 - ls) + (pos_n.log().sum() * ls if ls else 0.0)) * ((1 - w_neg) / w_neg)
         return logs * (-w_neg / z.numel())
 
     @staticmethod
