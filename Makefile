@@ -33,8 +33,7 @@ reproduce-table: install ## run unfinished configs (JOBS=n worker processes), re
 tables: install ## re-render tables (and figures) from existing runs only
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
 
-plots: install ## re-render tables and figures (results/figures/*.png|pdf) from existing runs
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
+plots: tables ## alias of `make tables`: tables and figures render together
 
 bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json; BENCH_PROFILE=1 adds the default profile's wall time and memory
 	OMP_NUM_THREADS=1 $(PY) -m experiments.drivers.bench
