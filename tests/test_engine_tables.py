@@ -150,7 +150,7 @@ def test_stale_refused_and_unpaired_runs(toy, tmp_path, capsys):
     assert out["stale"] == 2 and out["refused"] == 1 and out["runs"] == 11
     md = (tmp_path / "tables" / "toy.md").read_text()
     assert "Stale runs left out (another code version): 2." in md and "Refused: 1." in md
-    assert "| 0.7 | n/a — loss simloss needs ordered classes; dataset d has none |" in md
+    assert "| 0.7 | n/a¹ |" in md and "\n- n/a¹: loss simloss needs ordered classes; dataset d has none\n" in md
     assert "Selected at the last epoch: 10 of 11 runs" in md
     csv = pd.read_csv(tmp_path / "tables" / "toy.csv").set_index("loss.r")
     assert csv.loc[0.5, "mean"] == pytest.approx(np.mean(BETTER))       # the stale 0.10 is not averaged in

@@ -1,6 +1,7 @@
 """The cross-paper matrix (`experiment=matrix`): per-dataset tables are ordinary table specs filtered by `only`;
 the summary ranks every loss on every dataset by that dataset's headline metric (direction as the metric
-declares it) and averages the ranks. Pairs that could not run (status `refused`) show as "n/a — reason".
+declares it) and averages the ranks. Pairs that could not run (status `refused`) show as a numbered `n/a¹` mark,
+each distinct reason once under the table (`experiments.report.tables.RefusalNotes`).
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from experiments.engine.data import atomic_write_bytes
-from experiments.report.tables import current_runs, measure
-from experiments.store.results import code_version
+from experiments.report.tables import REFUSED, RefusalNotes, current_runs, measure, refusal_reason, tex_marks
+from experiments.store.results import code_version, measures_of
 
 
 def only(runs: pd.DataFrame, spec) -> pd.DataFrame:
@@ -25,7 +26,7 @@ def only(runs: pd.DataFrame, spec) -> pd.DataFrame:
 
 def rank_frame(df: pd.DataFrame, headline: dict[str, str], experiment: str) -> pd.DataFrame:
     """Rows = losses, columns = datasets: the rank (1 = best, ties averaged) of the loss's mean headline metric
-    over completed seeds, or the refusal reason; plus `mean rank` over the datasets where the loss ran."""
+    over completed seeds, or `n/a — <refusal reason>`; plus `mean rank` over the datasets where the loss ran."""
     runs, _, _ = current_runs(df[df["experiment_name"] == experiment])
     ranks: dict[str, pd.Series] = {}
     for dataset, metric in headline.items():
@@ -34,10 +35,10 @@ def rank_frame(df: pd.DataFrame, headline: dict[str, str], experiment: str) -> p
         if done.empty or metric not in done:
             continue
         means = pd.to_numeric(done[metric], errors="coerce").groupby(done["loss"]).mean().dropna()
-        higher = measure(df.attrs.get("measures", {}), metric).higher_is_better
+        higher = measure(measures_of(done), metric).higher_is_better
         col = means.rank(ascending=not higher, method="average").astype(object)
         for loss, reason in refusals(here).items():
-            col.loc[loss] = f"n/a — {reason}"
+            col.loc[loss] = REFUSED + reason
         ranks[dataset] = col
     table = pd.DataFrame(ranks)
     numeric = table.apply(lambda c: pd.to_numeric(c, errors="coerce"))
@@ -50,44 +51,55 @@ def rank_frame(df: pd.DataFrame, headline: dict[str, str], experiment: str) -> p
 def refusals(runs: pd.DataFrame) -> dict[str, str]:
     refused = runs[(runs["status"] == "refused")] if "status" in runs else runs.iloc[:0]
     done = set(runs.loc[runs["status"] == "completed", "loss"]) if len(runs) else set()
-    return {loss: short_reason(g["error"].iloc[0]) for loss, g in refused.groupby("loss") if loss not in done}
+    return {loss: refusal_reason(g["error"].iloc[0]) for loss, g in refused.groupby("loss") if loss not in done}
 
 
-def short_reason(error: Any, limit: int = 90) -> str:
-    text = str(error or "refused").split(": ", 1)[-1].strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _cell(value: Any) -> str:
+def _cell(value: Any, notes: RefusalNotes) -> str:
     if isinstance(value, str):
-        return value
+        return notes.mark(value.removeprefix(REFUSED)) if value.startswith(REFUSED) else value
     if isinstance(value, (int, np.integer)):
         return str(value)
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.1f}"
 
 
 def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None = None) -> dict[str, Any]:
-    """Table renderer: the rank summary as md/tex/csv."""
+    """Table renderer: the rank summary as md/tex/csv (the csv keeps each refusal reason in its cell)."""
     headline = spec.options["headline"]
     table = rank_frame(df, headline, spec.experiment)
     out_dir = Path(out_dir)
     atomic_write_bytes(out_dir / f"{spec.stem}.csv", table.to_csv(index_label="loss").encode())
+    notes = RefusalNotes()
+    md = _markdown(table, spec, notes)  # numbers the refusal reasons in reading order; the tex reuses them
+    atomic_write_bytes(out_dir / f"{spec.stem}.md", md.encode())
+    atomic_write_bytes(out_dir / f"{spec.stem}.tex", _latex(table, notes).encode())
+    runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
+    return {"table": str(out_dir / f"{spec.stem}.md"), "runs": int((runs["status"] == "completed").sum()),
+            "failed": int((runs["status"] == "failed").sum())}
+
+
+def _markdown(table: pd.DataFrame, spec, notes: RefusalNotes) -> str:
     lines = [f"# {spec.title or spec.stem}", ""]
     if table.empty:
         lines.append("No completed runs yet.")
     else:
         lines.append("| loss | " + " | ".join(table.columns) + " |")
         lines.append("|" + "---|" * (len(table.columns) + 1))
-        lines += [f"| {loss} | " + " | ".join(_cell(v) for v in row) + " |" for loss, row in table.iterrows()]
+        lines += [f"| {loss} | " + " | ".join(_cell(v, notes) for v in row) + " |" for loss, row in table.iterrows()]
+        lines += [""] + [f"- {note}" for note in notes.lines()] if notes.numbers else []
+    headline = spec.options["headline"]
     lines += ["", "Rank 1 = best mean over seeds of: " + ", ".join(f"{d}: {m}" for d, m in headline.items())
               + " (direction as each metric declares it; ties share the average rank). Mean rank over the datasets"
-              " where the loss ran; losses that run on fewer datasets are listed after the others.", f"Runs made by code version {code_version()} (experiments.store.results.code_version)."]
-    atomic_write_bytes(out_dir / f"{spec.stem}.md", ("\n".join(lines) + "\n").encode())
-    tex = table.map(_cell).to_latex(escape=True) if not table.empty else "% no completed runs\n"
-    atomic_write_bytes(out_dir / f"{spec.stem}.tex", tex.encode())
-    runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
-    return {"table": str(out_dir / f"{spec.stem}.md"), "runs": int((runs["status"] == "completed").sum()),
-            "failed": int((runs["status"] == "failed").sum())}
+              " where the loss ran; losses that run on fewer datasets are listed after the others.",
+              f"Runs made by code version {code_version()} (experiments.store.results.code_version)."]
+    return "\n".join(lines) + "\n"
+
+
+def _latex(table: pd.DataFrame, notes: RefusalNotes) -> str:
+    if table.empty:
+        return "% no completed runs\n"
+    tex = tex_marks(table.map(lambda v: _cell(v, notes)).to_latex(escape=True))
+    return tex + "".join(tex_marks(note.replace("_", r"\_").replace("%", r"\%")) + "\\\\\n"
+                         for note in notes.lines())
 
 
 def rank_heatmap(ax, df: pd.DataFrame, spec, headline: dict[str, str]) -> None:
