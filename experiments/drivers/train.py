@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from experiments.engine.checkpoint import LAST, StopSignals, forward_signal
 from experiments.engine.config import _instantiate, build_components, check_target, validate
+from experiments.engine.environment import numerics_environment
 from experiments.engine.errors import RunFailed, UserError, WriteError
 from experiments.engine.metrics import describe
 from experiments.engine.schedules import Constant, Schedule
@@ -252,6 +253,7 @@ def _train(cfg: DictConfig, base: dict, path: Path, schemas: tuple, claim: Claim
     record.update(status="completed", metrics=fit.metrics, details=fit.details, history=fit.history,
                   metric_info=describe(metrics, fit.metrics), metric_notes=dict(metrics.notes),
                   selected_epoch=fit.selected_epoch, duration_s=round(time.time() - t0, 3),
+                  environment=numerics_environment(trainer.device, tcfg),
                   finished_at=_dt.datetime.now().isoformat(timespec="seconds"))
     try:
         store.write_record(path, record)

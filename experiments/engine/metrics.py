@@ -30,6 +30,15 @@ SCORE_KINDS = (DISTRIBUTION, INDEPENDENT, LOGITS)
 SCORE_NEEDS = {"ranking": SCORE_KINDS, "distribution": (DISTRIBUTION,), "set_scores": (DISTRIBUTION, INDEPENDENT)}
 UNITS = {"fraction": "%", "years": "years", "classes": "classes", "count": "count", "nats": "nats",
          "score": "score", "ratio": "ratio"}
+# Equivalence margins δ of `make verify` (experiments.report.verify), in each unit's display scale: two results
+# within ±δ count as the same. Chosen from the seed spreads of the committed default-profile tables (5 seeds):
+# for rates the median seed sd is 1.7 pp and the TOST with 5 + 5 seeds can show equivalence at ±3 pp for 74 % of
+# the cells when the means agree (61 % at ±2 pp); significant table effects are a median 14 pp. The age MAE sd
+# is a median 0.10 years (0.02–0.23; equivalence reachable from ±0.12), the smallest † effect 0.26 years: ±0.2.
+# Set sizes (sd 0.04–0.06 classes): ±0.1 classes. Docs: docs/statistics.md, "Did it reproduce?".
+MARGINS = {"fraction": 3.0, "years": 0.2, "classes": 0.1, "count": 1.0, "nats": 0.05}
+# Units without a common scale (`score`: MSE, QWK, mistake severity; `ratio`): δ = 5 % of |reference mean|.
+RELATIVE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Measure:
 
     higher_is_better: bool | None
     unit: str = "fraction"
+    margin: float | None = None   # equivalence margin δ in the display scale; None: the unit's default (MARGINS)
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -52,8 +62,22 @@ class Measure:
     def suffix(self) -> str:
         return UNITS[self.unit]
 
+    def delta(self, reference: float, margin: float | None = None) -> float:
+        """The equivalence margin in raw units (the scale of the stored numbers) for a cell whose reference mean
+        is `reference`: `margin` (e.g. a table's `verify.margins`), else this measure's own, else the unit's
+        default; all in the display scale (percentage points for fractions). Relative for units without a
+        common scale (RELATIVE_MARGIN × |reference|)."""
+        chosen = next((m for m in (margin, self.margin) if m is not None), None)
+        if chosen is None:
+            absolute = MARGINS.get(self.unit)
+            return absolute / self.scale if absolute is not None else RELATIVE_MARGIN * abs(reference)
+        if not chosen > 0:
+            raise UserError(f"equivalence margin {chosen!r} for a {self.unit} metric: must be > 0")
+        return chosen / self.scale
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        declared = asdict(self)
+        return declared if self.margin is not None else {k: v for k, v in declared.items() if k != "margin"}
 
 
 HIGHER, LOWER = Measure(True), Measure(False)

@@ -51,7 +51,8 @@ def _indexed(long: pd.DataFrame, keys: list[str], name: str, label: str) -> pd.D
         raise UserError(f"{label} has no column {', '.join(missing)}; its long form needs the cell keys "
                         f"{', '.join(keys) or '(none)'} and `metric`")
     frame = long.copy()
-    frame[f"row_{name}"] = range(len(frame))
+    frame[f"row_{name}"] = frame.index
+    frame[f"_position_{name}"] = range(len(frame))
     for k in keys + ["metric"]:
         frame[k] = frame[k].map(canonical)
     twice = frame.duplicated(keys + ["metric"])
@@ -61,7 +62,7 @@ def _indexed(long: pd.DataFrame, keys: list[str], name: str, label: str) -> pd.D
         raise UserError(f"{label} row {int(first[f'row_{name}'])}: cell {cell} appears more than once; keep one row "
                         f"per cell and metric")
     rest = [c for c in frame.columns if c not in keys + ["metric"]]
-    return frame.rename(columns={c: f"{c}_{name}" for c in rest if not c.startswith("row_")})
+    return frame.rename(columns={c: f"{c}_{name}" for c in rest if not c.startswith(("row_", "_position_"))})
 
 
 def align(ours: pd.DataFrame, reference: pd.DataFrame, keys: Sequence[str] | None = None,
@@ -71,18 +72,19 @@ def align(ours: pd.DataFrame, reference: pd.DataFrame, keys: Sequence[str] | Non
     Input: `ours` and `reference`, long forms with the columns `keys` (default: the columns of `ours` before
     `metric`, as `summarize` writes them), `metric`, and any value columns (`mean`, `std`, `n`, `diff`, …).
     Each (keys, metric) may appear once per side: a repeated cell or a missing key column is a UserError that
-    names the side by `labels` (e.g. the reference file's path) and the repeated 0-based row.
+    names the side by `labels` (e.g. the reference file's path) and the repeated row by its index label.
 
     Output: one row per (keys, metric) found on either side, ours first in their order, then the reference's
     unmatched cells in theirs. Columns: the keys and `metric` in canonical text (`canonical`); every other column
     of `ours` suffixed `_ours` and of `reference` suffixed `_ref` (NaN where that side lacks the cell);
-    `row_ours` / `row_ref`: the cell's 0-based row in each input (NaN when absent), to name a file line in an
-    error; `match`: `both`, `ours_only` (a cell of ours the reference lacks) or `reference_only` (a reference
+    `row_ours` / `row_ref`: the cell's index label in each input (NaN when absent; give a file's frame its line
+    numbers as index to name them in messages); `match`: `both`, `ours_only` (a cell of ours the reference lacks) or `reference_only` (a reference
     cell that matches no cell of ours).
     """
     keys = key_columns(ours) if keys is None else list(keys)
     left, right = _indexed(ours, keys, "ours", labels[0]), _indexed(reference, keys, "ref", labels[1])
     merged = left.merge(right, on=keys + ["metric"], how="outer", sort=False, indicator="match")
     merged["match"] = merged["match"].map({"both": BOTH, "left_only": OURS_ONLY, "right_only": REFERENCE_ONLY})
-    merged = merged.sort_values(["row_ours", "row_ref"], na_position="last", kind="stable").reset_index(drop=True)
-    return merged.astype({"row_ours": "Int64", "row_ref": "Int64", "match": object})
+    merged = merged.sort_values(["_position_ours", "_position_ref"], na_position="last", kind="stable")
+    merged = merged.drop(columns=["_position_ours", "_position_ref"]).reset_index(drop=True)
+    return merged.astype({"match": object})

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from experiments.engine.checkpoint import atomic_write
+from experiments.engine.environment import label as environment_label
 from experiments.engine.errors import warn
 
 SCHEMA_VERSION = 1
@@ -170,7 +171,8 @@ def load_runs(results_dir: str | Path, experiment: str | None = None) -> pd.Data
     flattened to dotted columns (`loss.r`, `dataset.imbalance.ratio`, ...), and `data.*` sizes.
 
     Group choices (`dataset`, `model`, `loss`) are the config-group option names. Runs of every status are
-    returned; filter `status == "completed"` for tables. `df.attrs["measures"]` maps each reported metric name
+    returned; filter `status == "completed"` for tables. `environment` names the run's numerics environment
+    (experiments.engine.environment.label). `df.attrs["measures"]` maps each reported metric name
     (and its family, `avgk_acc` for `avgk_acc@3`) to its declared direction and unit.
     """
     root = Path(results_dir) / "runs"
@@ -188,6 +190,7 @@ def load_runs(results_dir: str | Path, experiment: str | None = None) -> pd.Data
             if k not in row and not k.startswith(("hydra.", "sweeps.", "tables.", "metrics.")):
                 row[k] = v
         row.update(rec.get("metrics") or {})
+        row["environment"] = environment_label(rec.get("environment"))
         row["path"] = str(path)
         rows.append(row)
     df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(RECORD_COLUMNS) + ["path"])
