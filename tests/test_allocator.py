@@ -34,6 +34,7 @@ def _faults(env_value: str | None) -> tuple[bool, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+@pytest.mark.slow
 def test_kept_memory_is_reused_without_page_faults():
     took, kept = _faults(None)
     if not took:
@@ -42,3 +43,33 @@ def test_kept_memory_is_reused_without_page_faults():
     assert not off
     # minor page faults per training batch (measured ~1,000–6,500 with glibc's defaults, 10–40 kept)
     assert kept < default / 5, (kept, default)
+
+
+class _FakeLibc:
+    """Stands in for libc.so.6: records every mallopt call and accepts it (returns 1, as glibc does)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 1
+
+
+def test_settings_are_applied_unless_switched_off(monkeypatch):
+    """Fast twin of the page-fault test: which mallopt calls are made, and when none are."""
+    import ctypes
+
+    from experiments.engine import allocator
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    monkeypatch.delenv("LOSSLAB_MALLOC", raising=False)
+    assert allocator.keep_freed_memory() is True
+    # glibc malloc.h: M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1, M_TOP_PAD = -2
+    assert libc.calls == [(-3, 64 * 2**20), (-1, 256 * 2**20), (-2, 16 * 2**20)]
+    monkeypatch.setenv("LOSSLAB_MALLOC", "default")
+    assert allocator.keep_freed_memory() is False and len(libc.calls) == 3
+    monkeypatch.delenv("LOSSLAB_MALLOC")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("no libc")))
+    assert allocator.keep_freed_memory() is False

@@ -7,6 +7,7 @@ from experiments.engine.errors import UserError
 from tests.helpers.cli import FAST, cli
 
 
+@pytest.mark.slow
 def test_multirun_writes_each_config_once_then_skips(tmp_path, data_dir):
     res = tmp_path / "r"
     first = cli("-m", "seed=0,1", "trainer.epochs=1,2", *FAST[:1], *FAST[2:], tmp=res, data_dir=data_dir)

@@ -10,6 +10,7 @@ from tests.helpers.cli import FAST, cli
     ("joblib", ["hydra.launcher.n_jobs=2"]),
     ("submitit_local", ["hydra.launcher.timeout_min=10"]),
 ])
+@pytest.mark.slow
 def test_two_job_sweep_writes_two_results(tmp_path, data_dir, launcher, extra):
     res = tmp_path / "r"
     out = cli("-m", f"hydra/launcher={launcher}", *extra, "seed=0,1", *FAST, tmp=res, data_dir=data_dir)

@@ -27,6 +27,7 @@ def smoke(tmp_path_factory):
     return code, results, data, time.perf_counter() - t0
 
 
+@pytest.mark.slow
 def test_smoke_profile_renders_every_table_and_figure(smoke):
     code, results, _, _ = smoke
     assert code == 0
@@ -39,6 +40,7 @@ def test_smoke_profile_renders_every_table_and_figure(smoke):
     assert len(list((results / "figures").glob("*.pdf"))) == len(pngs)
 
 
+@pytest.mark.slow
 def test_table_numbers_equal_a_recomputation_from_the_run_jsons(smoke):
     _, results, _, _ = smoke
     runs = [json.loads(p.read_text()) for p in (results / "runs" / "simloss_age").glob("*.json")]
@@ -58,6 +60,7 @@ def test_table_numbers_equal_a_recomputation_from_the_run_jsons(smoke):
         assert f"{np.mean(values):.2f} ± {expected_std:.2f} ({len(values)})" in md or math.isnan(np.mean(values))
 
 
+@pytest.mark.slow
 def test_second_call_starts_no_training_job_and_takes_a_fraction_of_the_first(smoke, capfd, monkeypatch):
     _, results, data, first_s = smoke
     before = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")}

@@ -93,6 +93,7 @@ def _reproduce(exp: str, results: Path, data: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_two_drivers_on_one_results_folder_train_each_config_once(tmp_path, data_dir):
     results = tmp_path / "r"
     drivers = [_reproduce("simloss_age,simloss_cifar", results, data_dir), _reproduce("simloss_age", results, data_dir)]
@@ -108,6 +109,7 @@ def test_two_drivers_on_one_results_folder_train_each_config_once(tmp_path, data
         assert table[table["metric"] == "test/accuracy"]["n"].sum() == 6
 
 
+@pytest.mark.slow
 def test_bench_sections_on_tiny_sizes():
     from experiments.drivers import bench_runs
 
