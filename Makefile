@@ -7,6 +7,7 @@ EXP ?=
 JOBS ?= 2
 RESULTS ?= results
 LAUNCHER ?=
+REFERENCE ?= tables
 
 .DEFAULT_GOAL := help
 
@@ -35,6 +36,9 @@ tables: install ## re-render tables (and figures) from existing runs only
 
 plots: tables ## alias of `make tables`: tables and figures render together
 
+verify: install ## did it reproduce? a verdict per table cell of RESULTS against REFERENCE=tables (committed, default)|paper|DIR (PROFILE, EXP as above) -> RESULTS/verify/<table>.md|csv; exit 1 if a cell differs
+	$(PY) -m experiments.verify --profile $(PROFILE) --results $(RESULTS) --reference $(REFERENCE) $(if $(EXP),--exp $(EXP)) $(if $(KEEP_STALE),--keep-stale)
+
 bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json; BENCH_PROFILE=1 adds the default profile's wall time and memory
 	OMP_NUM_THREADS=1 $(PY) -m experiments.drivers.bench
 
@@ -44,4 +48,4 @@ train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
 clean-results: ## delete runs, checkpoints and logs under results/ (keeps tables, figures, paper_reference)
 	rm -rf $(RESULTS)/runs $(RESULTS)/work $(RESULTS)/logs
 
-.PHONY: help install test test-full reproduce-table tables plots bench train clean-results
+.PHONY: help install test test-full reproduce-table tables plots verify bench train clean-results

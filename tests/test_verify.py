@@ -262,7 +262,7 @@ import shutil  # noqa: E402
 from experiments.drivers import verify as cli  # noqa: E402
 from experiments.report.tables import cells  # noqa: E402
 from experiments.drivers.catalog import discover  # noqa: E402
-from experiments.store.results import compute_run_id, load_runs, write_record  # noqa: E402
+from experiments.store.results import code_version, compute_run_id, load_runs, write_record  # noqa: E402
 
 INFO = {"accuracy": {"higher_is_better": True, "unit": "fraction"}, "mae": {"higher_is_better": False, "unit": "years"}}
 ENV = {"device": "cpu", "cpu": "Test CPU", "cpu_capability": "AVX2", "intra_op_threads": 1}
@@ -275,9 +275,10 @@ def _runs(results, seeds=6):
             wiggle = (seed % 3 - 1)
             rec = {"run_id": f"r{r}s{seed}", "experiment_name": "simloss_age", "dataset": "synthetic_age",
                    "model": "small_cnn", "loss": "simloss", "seed": seed, "status": "completed",
-                   "config": {"loss": {"r": r}, "seed": seed, "trainer": {"epochs": 3}}, "code_version": "v1",
+                   "config": {"loss": {"r": r}, "seed": seed, "trainer": {"epochs": 3}},
                    "metrics": {"test/accuracy": 0.5 + r / 10 + 0.005 * wiggle, "test/mae": 1.0 - r + 0.02 * wiggle},
                    "metric_info": INFO, "selected_epoch": 3, "environment": ENV}
+            rec["code_version"] = code_version(rec["config"])    # made by the current code
             write_record(results / "runs" / "simloss_age" / f"r{r}s{seed}.json", rec)
     return results
 

@@ -2,7 +2,7 @@
 set against a reference.
 
     python -m experiments.verify [--results results] [--reference tables|paper|DIR] [--profile default]
-                                 [--exp simloss_age,...] [--out <results>/verify] [--alpha 0.05]
+                                 [--exp simloss_age,...] [--out <results>/verify] [--alpha 0.05] [--keep-stale]
 
 References: `tables` = the committed long forms `results/tables/<table>.csv`; `paper` = the user-filled
 `results/paper_reference/<table>.csv`; DIR = another results directory (with `runs/`: its run JSONs are
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.drivers.catalog import PROFILES, ROOT, discover
-from experiments.engine.data import atomic_write_bytes
+from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
 from experiments.engine.metrics import MARGINS, RELATIVE_MARGIN, Measure
 from experiments.report import verify
@@ -41,16 +41,23 @@ class Reference:
     runs: pd.DataFrame | None = None
 
     @classmethod
-    def open(cls, name: str) -> "Reference":
+    def open(cls, name: str, keep_stale: bool = False) -> "Reference":
         if name in NAMED:
             return cls(*NAMED[name])
         path = Path(name).expanduser()
         if (path / "runs").is_dir():
-            return cls("runs", path, load_runs(path))
+            return cls("runs", path, _runs(path, keep_stale))
         if path.is_dir() and any(path.glob("*.csv")):
             return cls("tables", path)
         raise UserError(f"--reference {name}: not `tables`, `paper`, a results directory with runs/ nor a directory "
                         f"of table .csv files; give one of those")
+
+
+def _runs(results: Path, keep_stale: bool) -> pd.DataFrame:
+    """The runs of a results directory; with `keep_stale`, tables keep runs of code changed since (marked)."""
+    df = load_runs(results)
+    df.attrs["keep_stale"] = keep_stale
+    return df
 
 
 @dataclass
@@ -91,7 +98,7 @@ def verify_table(spec: TableSpec, df: pd.DataFrame, ref: Reference, alpha: float
     long, counts = cells(df, spec)
     ours = long[long["n"] > 0] if len(long) else long
     if ours.empty:
-        out.skipped = "no completed runs in the results"
+        out.skipped = "no completed runs of the current code in the results"
         return out
     out.measures = {m: measure(counts["measures"], m) for m in ours["metric"].unique()}
     scales = {m: (meaning.scale if spec.percent else 1.0) for m, meaning in out.measures.items()}
@@ -207,18 +214,19 @@ def run(args: argparse.Namespace) -> int:
     results = Path(args.results).absolute()
     only = [e for e in args.exp.split(",") if e]
     exps = discover(args.profile, only, None, results / "work" / "discover")
-    ref = Reference.open(args.reference)
-    df = load_runs(results)
+    ref = Reference.open(args.reference, args.keep_stale)
+    df = _runs(results, args.keep_stale)
     found = [verify_table(spec, df, ref, args.alpha) for exp in exps for spec in exp.tables if not spec.renderer]
     judged = [v for v in found if not v.skipped]
     if not judged:
+        why = "; ".join(f"{v.spec.stem}: {v.skipped}" for v in found) or "no tables"
         raise UserError(f"no table of PROFILE={args.profile}{' EXP=' + args.exp if only else ''} has cells in both "
-                        f"{results} and the reference ({args.reference}); run `make reproduce-table` first, or fill "
-                        f"the paper values")
+                        f"{results} and the reference ({args.reference}) — {why}; run `make reproduce-table` first, "
+                        f"or fill the paper values")
     out_dir = Path(args.out).absolute() if args.out else results / "verify"
     files = {path: data for v in judged for path, data in outputs(v, out_dir, results, args.alpha).items()}
     for path, data in files.items():
-        atomic_write_bytes(path, data)
+        atomic_write(path, data)
     for v in found:
         print(summary_line(v, args.alpha))
     differs = sum(verify.counts(v.judged)["differs"] for v in judged)
@@ -233,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="default", choices=PROFILES)
     ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
     ap.add_argument("--out", default=None, help="output directory (default: <results>/verify)")
+    ap.add_argument("--keep-stale", action="store_true", help="keep runs of code changed since they ran, as "
+                    "`make tables KEEP_STALE=1` does (default: only runs of the current code)")
     ap.add_argument("--alpha", type=float, default=verify.ALPHA, help="level of every test (default 0.05)")
     args = ap.parse_args(argv)
     try:

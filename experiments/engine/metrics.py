@@ -35,9 +35,10 @@ UNITS = {"fraction": "%", "years": "years", "classes": "classes", "count": "coun
 # for rates the median seed sd is 1.7 pp and the TOST with 5 + 5 seeds can show equivalence at ±3 pp for 74 % of
 # the cells when the means agree (61 % at ±2 pp); significant table effects are a median 14 pp. The age MAE sd
 # is a median 0.10 years (0.02–0.23; equivalence reachable from ±0.12), the smallest † effect 0.26 years: ±0.2.
-# Set sizes (sd 0.04–0.06 classes): ±0.1 classes. Docs: docs/statistics.md, "Did it reproduce?".
+# Set sizes (sd 0.04–0.06 classes): ±0.1 classes. Docs: docs/statistics.md, "The verdict procedure".
 MARGINS = {"fraction": 3.0, "years": 0.2, "classes": 0.1, "count": 1.0, "nats": 0.05}
-# Units without a common scale (`score`: MSE, QWK, mistake severity; `ratio`): δ = 5 % of |reference mean|.
+# Units without a common scale (`score`: QWK, mistake severity, hdist; `ratio`; squared units: MSE): δ = 5 % of
+# |reference mean|.
 RELATIVE_MARGIN = 0.05
 
 
