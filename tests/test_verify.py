@@ -401,3 +401,32 @@ def test_run_json_records_its_environment_outside_the_run_id(train_run, results_
     assert env["intra_op_threads"] == 1 and env["cpu"] == environment.cpu_model()
     assert compute_run_id(stored["config"]) == stored["run_id"] == rec["run_id"]   # the id is the config's alone
     assert load_runs(results_dir)["environment"].iloc[0] == environment.label(env)
+
+
+# ------------------------------------------------------------------ the tables: paper verdict mark, environments
+from experiments.report.tables import TableSpec, render  # noqa: E402
+
+
+def test_paper_table_shows_the_verdict_beside_the_paper_value_and_names_environments(tmp_path, capsys):
+    results = _runs(tmp_path / "a")
+    spec = TableSpec(experiment="simloss_age", profiles=["paper"], rows=["dataset", "loss.r"],
+                     metrics=["test/accuracy", "test/mae"], baseline={"loss.r": 0.0})
+    paper = tmp_path / "paper"
+    render(load_runs(results), spec, tmp_path / "tables", paper)       # writes the empty template
+    template = pd.read_csv(paper / "simloss_age.csv", dtype=str, keep_default_na=False)
+    assert set(template["paper_value"]) == {""}
+    filled = {("0", "test/accuracy"): "50.0", ("0.5", "test/accuracy"): "80 ± 1",   # 80 vs our 55: far off
+              ("0", "test/mae"): "1.0 ± 0.5"}                                         # n unknown: bare number
+    template["paper_value"] = [filled.get((canonical(r["loss.r"]), r["metric"]), "") for _, r in template.iterrows()]
+    template.to_csv(paper / "simloss_age.csv", index=False)
+    render(load_runs(results), spec, tmp_path / "tables", paper)
+    md = (tmp_path / "tables" / "simloss_age.md").read_text()
+    assert "[paper 50.0 ✓]" in md and "[paper 80 ± 1 ✗]" in md and "[paper 1.0 ± 0.5 ✓]" in md
+    assert "Numerics environments of the runs: Test CPU · AVX2 · 1 thread (12 runs)." in md
+    long = pd.read_csv(tmp_path / "tables" / "simloss_age.csv", keep_default_na=False)
+    assert sorted(long["paper_verdict"]) == ["", "✓", "✓", "✗"]
+    template.loc[0, "paper_value"] = "fifty"
+    template.to_csv(paper / "simloss_age.csv", index=False)
+    render(load_runs(results), spec, tmp_path / "tables", paper)            # still renders, without marks
+    assert "paper verdicts of table simloss_age left out" in capsys.readouterr().err
+    assert "✓" not in (tmp_path / "tables" / "simloss_age.md").read_text()
