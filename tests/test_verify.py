@@ -318,7 +318,8 @@ def test_cli_shifted_reference_differs_and_exits_1(tmp_path, capsys):
     results = _runs(tmp_path / "a")
     reference = _table_csv(results, tmp_path / "tables", shift={"test/accuracy": 3 * 0.03, "test/mae": 3 * 0.2})
     assert _main(results, reference) == 1
-    assert "differs 4 / inconclusive 0 of 4 cells" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "differs 4 / inconclusive 0 of 4 cells" in out and "numerics environments differ: Test CPU" in out
     md = (results / "verify" / "simloss_age.md").read_text()
     assert "✗ 50.00 vs 59.00 Δ -9.00" in md
     assert "different numerics environments: expected" in md    # the reference table names no environment

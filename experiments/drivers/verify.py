@@ -146,6 +146,9 @@ def summary_line(v: Verdicts, alpha: float) -> str:
     margins = "; ".join(margin_text(v.spec, m, v.measures[m]) for m in v.judged["metric"].unique())
     extra = [f"{v.reference_only} reference cells not in the results"] if v.reference_only else []
     extra += [f"{v.ours_only} cells without a reference"] if v.ours_only else []
+    ours, theirs = v.environments
+    if set(ours) != set(theirs):
+        extra.append(f"numerics environments differ: {'; '.join(ours)} vs {'; '.join(theirs)}")
     return (f"{v.spec.stem}: reproduced {c['reproduced']} / differs {c['differs']} / inconclusive "
             f"{c['inconclusive']} of {len(v.judged)} cells, δ = {margins}, α = {alpha}, {tests}"
             + (f" ({'; '.join(extra)})" if extra else ""))

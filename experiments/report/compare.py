@@ -78,8 +78,8 @@ def align(ours: pd.DataFrame, reference: pd.DataFrame, keys: Sequence[str] | Non
     unmatched cells in theirs. Columns: the keys and `metric` in canonical text (`canonical`); every other column
     of `ours` suffixed `_ours` and of `reference` suffixed `_ref` (NaN where that side lacks the cell);
     `row_ours` / `row_ref`: the cell's index label in each input (NaN when absent; give a file's frame its line
-    numbers as index to name them in messages); `match`: `both`, `ours_only` (a cell of ours the reference lacks) or `reference_only` (a reference
-    cell that matches no cell of ours).
+    numbers as index to name them in messages); `match`: `both`, `ours_only` (a cell of ours the reference
+    lacks) or `reference_only` (a reference cell that matches no cell of ours).
     """
     keys = key_columns(ours) if keys is None else list(keys)
     left, right = _indexed(ours, keys, "ours", labels[0]), _indexed(reference, keys, "ref", labels[1])
