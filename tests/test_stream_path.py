@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from experiments.engine.data import Data, FolderSplit, Meta, StreamLoader, make_loader, stream_pool
-from experiments.engine.decode import DECODERS, ImageView, check_decoder, crop_box, decode_batch, resized_size
+from experiments.engine.decode import (DECODERS, ImageView, check_decoder, crop_box, decode_batch, resize_uint8,
+                                      resized_size)
 from experiments.engine.errors import UserError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -189,12 +190,28 @@ def test_crop_box_draws_as_torchvision_random_crop_and_centres_as_center_crop():
         crop_box(20, 30, 24, True)
 
 
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_uint8_resize_is_within_one_level_of_pil_bilinear(native, channels):
+    """Both routes (uint8 kernel on the CPU; float32 and round, as on a GPU) against PIL's antialiased bilinear."""
+    rng = np.random.RandomState(channels)
+    arr = rng.randint(0, 256, (90, 120, channels), dtype=np.uint8)
+    ref = np.asarray(Image.fromarray(arr.squeeze(-1) if channels == 1 else arr).resize((50, 37), Image.BILINEAR))
+    ref = torch.from_numpy(ref.reshape(37, 50, channels).copy()).permute(2, 0, 1)
+    x = torch.from_numpy(arr).permute(2, 0, 1)
+    out = resize_uint8(x, 37, 50, native=native)
+    assert out.dtype == torch.uint8 and tuple(out.shape) == (channels, 37, 50)
+    assert int((out.int() - ref.int()).abs().max()) <= 1
+
+
 @pytest.mark.parametrize("decode", ["pil", "pil_draft", "torchvision"])
 @pytest.mark.parametrize("random_crop", [True, False])
-def test_each_cpu_decoder_shape_dtype_range_determinism_and_crop_position(tmp_path, decode, random_crop):
+@pytest.mark.parametrize("resize,crop", [(64, 48), (40, 32)])   # 160×120 → DCT scaling fits at 40, not at 64
+def test_each_cpu_decoder_shape_dtype_range_determinism_and_crop_position(tmp_path, decode, random_crop, resize,
+                                                                          crop):
     path = smooth_jpeg(tmp_path / "a.jpg", 160, 120, seed=2)
-    view = ImageView(64, 48, random=random_crop, flip=True, decode=decode)
-    exact = ImageView(64, 48, random=random_crop, flip=True, decode="pil")
+    view = ImageView(resize, crop, random=random_crop, flip=True, decode=decode)
+    exact = ImageView(resize, crop, random=random_crop, flip=True, decode="pil")
     for seed in range(4):
         torch.manual_seed(seed)
         x = view(path)
@@ -202,7 +219,7 @@ def test_each_cpu_decoder_shape_dtype_range_determinism_and_crop_position(tmp_pa
         again = view(path)
         torch.manual_seed(seed)
         ref = exact(path)
-        assert x.dtype == torch.uint8 and tuple(x.shape) == (3, 48, 48) and int(x.max()) > int(x.min())
+        assert x.dtype == torch.uint8 and tuple(x.shape) == (3, crop, crop) and int(x.max()) > int(x.min())
         assert torch.equal(x, again)
         # the same crop and flip as the exact path: only decoding/resampling differences remain
         assert (x.float() - ref.float()).abs().mean() < 4.0
@@ -258,3 +275,19 @@ def test_plantnet_batches_are_normalised_on_the_device_from_uint8(tmp_path):
     first = data.test[0][0].float().div(255)
     ref = (first - torch.tensor(IMAGENET[0]).view(3, 1, 1)) / torch.tensor(IMAGENET[1]).view(3, 1, 1)
     torch.testing.assert_close(batch.x[0], ref, rtol=0, atol=1e-6)
+
+
+def test_bench_loader_section_on_tiny_images(monkeypatch):
+    """`make bench`'s loader section runs end to end (no timing asserts: the figures are reported, not tested)."""
+    from experiments.drivers import bench_loader
+
+    monkeypatch.setenv("IMG_PER_S", "1000")
+    out = bench_loader.bench_loader(n=4, repeat=1, workers=(0,), sizes=((120, 90),))
+    sec = out["120x90"]
+    for path in bench_loader.PATHS:
+        rate = sec[path]["workers=0"]["img_per_s_per_core"]
+        assert rate > 0 and sec["cores_per_gpu"][path]["1000"] == -(-1000 // rate)
+    for diff in sec["pixel_difference_vs_pil"].values():
+        assert 0 <= diff["mean_abs"] <= diff["max_abs"] <= 255
+    lines = bench_loader.table(out)
+    assert len(lines) == len(bench_loader.PATHS) and all("img/s/core" in line for line in lines)

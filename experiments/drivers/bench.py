@@ -17,6 +17,10 @@ Sections (`SECTIONS`, run in order; append `(name, fn)` to `EXTRA` to add one, i
 3. data_path: in-memory uint8 batches augmented on the device vs a torchvision DataLoader doing per-sample PIL
    crop/flip/ToTensor/Normalize on the same images; the baseline is the best of num_workers 0 and 2
    (persistent workers, warm epoch). Ratio of images per second.
+4. loader: the streamed folder path (Pl@ntNet-300K's Resize(256) → RandomCrop(224) on JPEGs written by the bench
+   at 800 × 600 and 500 × 375): images/s per core of the former per-sample float path and of each decoder, with 0
+   and 2 workers, the opt-in decoders' pixel differences from the exact path, and the cores one GPU needs at
+   `IMG_PER_S` (default 2000,5000). See experiments/drivers/bench_loader.py.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.drivers import bench_runs
+from experiments.drivers import bench_loader, bench_runs
 from experiments.engine.allocator import keep_freed_memory
 from experiments.engine.data import BatchAugment, Data, InMemoryLoader, Meta, TensorSplit
 from experiments.engine.models import Network, small_cnn
@@ -256,7 +260,7 @@ def bench_data(n: int = 5000, batch: int = 128, workers: tuple[int, ...] = (0, 2
 
 
 SECTIONS: list[tuple[str, Callable[[], dict]]] = [("losses", bench_losses), ("trainer", bench_trainer),
-                                                 ("data_path", bench_data)]
+                                                 ("data_path", bench_data), ("loader", bench_loader.bench_loader)]
 EXTRA: list[tuple[str, Callable[[], dict]]] = [*bench_runs.SECTIONS]
 
 
@@ -272,6 +276,7 @@ def table(result: dict) -> str:
         lines.append(f"{'trainer epoch / bare loop epoch':32s}{result['trainer']['ratio']:10.3f}")
     if "data_path" in result:
         lines.append(f"{'data path speedup (x)':32s}{result['data_path']['speedup']:10.1f}")
+    lines += bench_loader.table(result.get("loader", {}))
     for name, section in result.get("extra", {}).items():
         lines += [f"{name + ' ' + k:32s}{v:10.3f}" for k, v in section.items()
                   if k.startswith("ratio") or k in ("noop_s", "first_min", "peak_memory_mb")]

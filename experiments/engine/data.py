@@ -26,7 +26,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -34,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from experiments.engine.checkpoint import set_aside
+from experiments.engine.checkpoint import atomic_write, set_aside
 from experiments.engine.decode import decode_batch
 from experiments.engine.errors import UserError
 from experiments.engine.imbalance import Imbalance, select_indices
@@ -336,13 +335,14 @@ class StreamPool:
     """One DataLoader (and, with workers, one persistent pool of worker processes) over every folder split of a
     `Data`: workers start once per run instead of at every epoch and every evaluation."""
 
-    def __init__(self, splits: dict[str, FolderSplit], num_workers: int, pin_memory: bool):
+    def __init__(self, splits: dict[str, FolderSplit], num_workers: int, pin_memory: bool,
+                 prefetch_factor: int = PREFETCH_FACTOR):
         self.splits, self.sampler, self.passes = splits, _Batches(), 0
         # a private generator: DataLoader's own seed draw must not consume the caller's or the global RNG
         self.loader = torch.utils.data.DataLoader(
             _Splits(splits), batch_sampler=self.sampler, num_workers=num_workers, collate_fn=_collate,
             pin_memory=pin_memory, persistent_workers=num_workers > 0, generator=torch.Generator(),
-            prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None)
+            prefetch_factor=prefetch_factor if num_workers > 0 else None)
 
     def start(self, name: str, batch_size: int, shuffle: bool, drop_last: bool,
               generator: torch.Generator | None) -> int:
@@ -444,27 +444,8 @@ def holdout_fraction(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, 
 
 
 # --------------------------------------------------------------------------- caching
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def cache_key(**params: Any) -> str:
