@@ -431,3 +431,19 @@ def test_paper_table_shows_the_verdict_beside_the_paper_value_and_names_environm
     render(load_runs(results), spec, tmp_path / "tables", paper)            # still renders, without marks
     assert "paper verdicts of table simloss_age left out" in capsys.readouterr().err
     assert "✓" not in (tmp_path / "tables" / "simloss_age.md").read_text()
+
+
+def test_committed_tables_are_read_from_git_head_not_the_working_tree(tmp_path):
+    import subprocess
+
+    ref = cli.Reference.open("tables")
+    assert ref.committed and ref.kind == "tables"
+    path = ref.path / "simloss_age.csv"
+    text, source = ref.read(path)
+    head = subprocess.run(["git", "-C", str(cli.ROOT), "show", "HEAD:results/tables/simloss_age.csv"],
+                          capture_output=True, text=True).stdout
+    assert text == head and source == f"{path} (as committed)"
+    outside = tmp_path / "t.csv"                    # not in the repository: the file itself is the reference
+    outside.write_text("a,b\n1,2\n")
+    assert cli.Reference("tables", tmp_path, committed=True).read(outside) == ("a,b\n1,2\n", str(outside))
+    assert cli.Reference("tables", tmp_path).read(tmp_path / "missing.csv") == (None, str(tmp_path / "missing.csv"))

@@ -4,7 +4,8 @@ set against a reference.
     python -m experiments.verify [--results results] [--reference tables|paper|DIR] [--profile default]
                                  [--exp simloss_age,...] [--out <results>/verify] [--alpha 0.05] [--keep-stale]
 
-References: `tables` = the committed long forms `results/tables/<table>.csv`; `paper` = the user-filled
+References: `tables` = the committed long forms `results/tables/<table>.csv` (their git HEAD versions, since
+`make reproduce-table` re-renders the working-tree copies from this machine's runs); `paper` = the user-filled
 `results/paper_reference/<table>.csv`; DIR = another results directory (with `runs/`: its run JSONs are
 summarised by the same table code) or a directory of table .csv files (e.g. another checkout's `results/tables`).
 Cells, keys and metrics are the tables' own (`experiments.report.tables.cells`); statistics and verdicts are
@@ -14,6 +15,8 @@ summary line per table; exit 1 if any cell differs, 2 on bad input, else 0.
 from __future__ import annotations
 
 import argparse
+import io
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +32,38 @@ from experiments.report.compare import REFERENCE_ONLY
 from experiments.report.tables import TableSpec, cells, measure
 from experiments.store.results import load_runs
 
-NAMED = {"tables": ("tables", ROOT / "results" / "tables"), "paper": ("paper", ROOT / "results" / "paper_reference")}
+NAMED = {"tables": ("tables", ROOT / "results" / "tables", None, True),
+         "paper": ("paper", ROOT / "results" / "paper_reference")}
+
+
+def committed_text(path: Path) -> str | None:
+    """`path` as committed (git HEAD): `make reproduce-table` re-renders results/tables in place, so after it the
+    working-tree copy holds this machine's numbers, not the reference. None outside a git checkout or when the
+    file is not committed (then the working-tree copy is the reference)."""
+    try:
+        shown = subprocess.run(["git", "-C", str(ROOT), "show", f"HEAD:{path.relative_to(ROOT).as_posix()}"],
+                               capture_output=True, text=True, timeout=60)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return shown.stdout if shown.returncode == 0 else None
 
 
 @dataclass
 class Reference:
-    """Where the reference cells come from: `kind` tables | paper | runs, and its directory."""
+    """Where the reference cells come from: `kind` tables | paper | runs, its directory, and for `tables` whether
+    the committed (git HEAD) versions of its files are meant."""
 
     kind: str
     path: Path
     runs: pd.DataFrame | None = None
+    committed: bool = False
+
+    def read(self, path: Path) -> tuple[str | None, str]:
+        """(the file's text or None when it does not exist, its name in messages)."""
+        text = committed_text(path) if self.committed else None
+        if text is not None:
+            return text, f"{path} (as committed)"
+        return (path.read_text(errors="replace") if path.exists() else None), str(path)
 
     @classmethod
     def open(cls, name: str, keep_stale: bool = False) -> "Reference":
@@ -81,15 +106,15 @@ def reference_cells(ref: Reference, spec: TableSpec, scales: dict[str, float]) -
         long, counts = cells(ref.runs, spec)
         measured = long[long["n"] > 0] if len(long) else None
         return measured, str(ref.path / "runs"), list(counts.get("environments", {}))
-    path = ref.path / f"{spec.stem}.csv"
-    if not path.exists():
-        return None, str(path), []
-    frame = verify.read_reference(path)
+    text, source = ref.read(ref.path / f"{spec.stem}.csv")
+    if text is None or not text.strip():   # `make tables` writes an empty .csv for a table without runs
+        return None, source, []
+    frame = verify.read_reference(io.StringIO(text), source)
     if ref.kind == "paper":
-        return verify.paper_reference(frame, keys, scales, str(path)), str(path), ["the paper's"]
-    md = path.with_suffix(".md")
-    envs = verify.environments_of_table(md.read_text(errors="replace")) if md.exists() else []
-    return verify.long_reference(frame, keys, str(path)), str(path), envs or ["unrecorded"]
+        return verify.paper_reference(frame, keys, scales, source), source, ["the paper's"]
+    md, _ = ref.read(ref.path / f"{spec.stem}.md")
+    envs = verify.environments_of_table(md) if md is not None else []
+    return verify.long_reference(frame, keys, source), source, envs or ["unrecorded"]
 
 
 def verify_table(spec: TableSpec, df: pd.DataFrame, ref: Reference, alpha: float) -> Verdicts:

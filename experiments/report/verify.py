@@ -285,12 +285,13 @@ def compare_table(ours: pd.DataFrame, reference: pd.DataFrame, keys: list[str], 
     return judge(both, alpha), aligned[aligned["match"] != BOTH]
 
 
-def read_reference(path) -> pd.DataFrame:
-    """A reference .csv as text (nothing parsed yet), its index the file's line numbers (header = line 1)."""
+def read_reference(path, name: str | None = None) -> pd.DataFrame:
+    """A reference .csv (a path or an open text) as text (nothing parsed yet), its index the file's line numbers
+    (header = line 1); `name` names it in messages (default: the path)."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot be read as CSV ({e}); fix or delete the file") from None
+        raise UserError(f"{name or path}: cannot be read as CSV ({e}); fix or delete the file") from None
     return frame.set_axis(range(2, 2 + len(frame)))
 
 
