@@ -291,3 +291,21 @@ def test_bench_loader_section_on_tiny_images(monkeypatch):
         assert 0 <= diff["mean_abs"] <= diff["max_abs"] <= 255
     lines = bench_loader.table(out)
     assert len(lines) == len(bench_loader.PATHS) and all("img/s/core" in line for line in lines)
+
+
+def test_plan_prints_loader_cores_per_gpu_from_the_bench(tmp_path):
+    import json
+
+    from experiments.drivers import plan
+
+    bench = tmp_path / "bench.json"
+    assert plan.loader_cores(set(), 2000.0, bench) == ""
+    assert "run `make bench`" in plan.loader_cores({"pil"}, 2000.0, bench)
+    per_core = {"800x600": 164, "500x375": 280}
+    bench.write_text(json.dumps({"loader": {"cpu_capability": "AVX512", **{
+        size: {"pil": {"workers=0": {"img_per_s_per_core": 1}, "workers=2": {"img_per_s_per_core": r}}}
+        for size, r in per_core.items()}}}))
+    line = plan.loader_cores({"pil"}, 2000.0, bench)
+    # ceil(2000 / 164) = 13 and ceil(2000 / 280) = 8, from the 2-worker figures
+    assert "pil path: 13 at 800x600 (164 img/s per core), 8 at 500x375 (280 img/s per core)" in line
+    assert "not measured by make bench" in plan.loader_cores({"cuda"}, 2000.0, bench)

@@ -5,12 +5,14 @@
 Per experiment (and the tables it fills): every sweep's grid and run count, the maximum epochs, the image-passes
 (images a run touches: (train + val) × epochs + test, from the known dataset sizes below; early stopping can end
 a run sooner), the data and weight files it needs, present or MISSING, and with `--img-per-s` the GPU-hours
-(image-passes / rate). Nothing is downloaded or decoded, so it runs in seconds.
+(image-passes / rate) and, for streamed datasets, the CPU cores one GPU needs at that rate (from the images/s per
+core `make bench` measured, results/bench/bench.json). Nothing is downloaded or decoded, so it runs in seconds.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ FIXED_SPLITS = {
 }
 CIFAR_POOL = {"cifar10": (50_000, 10_000, 10), "cifar100": (50_000, 10_000, 100)}
 PLAN_PREFIXES = ("dataset", "model", "trainer")
+BENCH_JSON = Path(__file__).resolve().parents[2] / "results" / "bench" / "bench.json"
 
 
 def sweep_values(value: str) -> list[str]:
@@ -109,6 +112,7 @@ class Part:
     sizes: tuple[int, int, int] | None
     source: str
     weights: dict[Path, str] = field(default_factory=dict)
+    decode: str | None = None      # streamed datasets (their config has `decode`): the decoder the loader runs
 
     @property
     def passes(self) -> float:
@@ -134,7 +138,8 @@ def sweep_parts(exp, sweep: dict[str, str], profile: str, data_dir: str | None, 
         sizes, source = split_sizes(choices["dataset"], cfg.dataset)
         label = ", ".join(f"{k.split('.')[-1] if k != 'dataset' else ''}{'=' if k != 'dataset' else ''}{v}"
                           for k, v in zip(relevant, combo) if not k.startswith("~")) or choices["dataset"]
-        parts.append(Part(label, per_group, int(cfg.trainer.epochs), sizes, source, weight_files(cfg.model)))
+        parts.append(Part(label, per_group, int(cfg.trainer.epochs), sizes, source, weight_files(cfg.model),
+                          cfg.dataset.get("decode")))
     return parts
 
 
@@ -154,6 +159,24 @@ def _files(exp, parts: list[Part]) -> list[tuple[Path, str, bool]]:
     for part in parts:
         out.update(part.weights)
     return [(p, src, p.exists()) for p, src in out.items()]
+
+
+def loader_cores(decoders: set[str], rate: float, bench: Path | None = None) -> str:
+    """'; loader: …' — the CPU cores one GPU at `rate` images/s needs to stream these decoders' datasets:
+    rate / (images/s per core that `make bench` measured with workers, per JPEG size); '' when nothing streams."""
+    if not decoders:
+        return ""
+    try:
+        loader = json.loads((bench or BENCH_JSON).read_text())["loader"]
+    except (OSError, ValueError, KeyError):
+        return "; loader CPU cores per GPU: run `make bench` to measure images/s per core on this machine"
+    found = []
+    for dec in sorted(decoders):
+        per_core = {size: list(sec[dec].values())[-1]["img_per_s_per_core"] for size, sec in loader.items()
+                    if isinstance(sec, dict) and dec in sec}
+        found.append(f"{dec} path: " + (", ".join(f"{math.ceil(rate / r)} at {size} ({r} img/s per core)"
+                                                  for size, r in per_core.items()) or "not measured by make bench"))
+    return f"; loader CPU cores per GPU (make bench, {loader.get('cpu_capability', '?')}): {'; '.join(found)}"
 
 
 def _fmt(n: float) -> str:
@@ -178,7 +201,8 @@ def plan_experiment(exp, profile: str, data_dir: str | None, rate: float | None,
             out(f"    {p.label}: {p.runs} runs × ≤ {p.epochs} epochs, {size} → {_fmt(p.passes)} image-passes")
     runs, passes = sum(p.runs for p in parts_all), sum(p.passes for p in parts_all)
     hours = f", {passes / rate / 3600:,.1f} GPU-hours at {rate:g} images/s" if rate else ""
-    out(f"  total: {runs} runs, {_fmt(passes)} image-passes{hours}")
+    out(f"  total: {runs} runs, {_fmt(passes)} image-passes{hours}"
+        f"{loader_cores({p.decode for p in parts_all if p.decode}, rate) if rate else ''}")
     for src in dict.fromkeys(p.source for p in parts_all):
         out(f"  sizes: {src}")
     files = _files(exp, parts_all)
