@@ -103,13 +103,21 @@ def _latex(table: pd.DataFrame, notes: RefusalNotes) -> str:
 
 
 def rank_heatmap(ax, df: pd.DataFrame, spec, headline: dict[str, str]) -> None:
-    """Figure: the rank of each loss (rows) per dataset (columns), best dark; refused pairs blank."""
+    """Figure: the rank of each loss (rows, in the rank table's order) per dataset (columns), best dark, each cell
+    labelled with its rank (ties keep their .5); pairs without a rank are grey "n/a". The figure's size is set
+    from the number of rows and columns (experiments.report.plots.SIZES)."""
+    import matplotlib
+
     table = rank_frame(df, headline, spec.experiment).drop(columns=["mean rank", "datasets"])
     values = table.apply(lambda c: pd.to_numeric(c, errors="coerce")).to_numpy(dtype=float)
-    image = ax.imshow(values, cmap="viridis_r", aspect="auto")
-    ax.set_xticks(range(len(table.columns)), table.columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(table.index)), table.index)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.88")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(table.columns)), table.columns, fontsize=9)  # horizontal: columns are sized to them
+    ax.set_yticks(range(len(table.index)), table.index, fontsize=9)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    middle = (np.nanmin(values) + np.nanmax(values)) / 2 if np.isfinite(values).any() else 0.0
     for (i, j), v in np.ndenumerate(values):
-        ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=7,
-                color="white" if not np.isnan(v) and v < np.nanmax(values) / 2 else "black")
-    ax.figure.colorbar(image, ax=ax, label="rank (1 = best)")
+        ax.text(j, i, "n/a" if np.isnan(v) else f"{v:g}", ha="center", va="center", fontsize=8,
+                color="white" if not np.isnan(v) and v < middle else "black")
+    ax.figure.colorbar(image, ax=ax, label="rank (1 = best)", fraction=0.08, aspect=30)

@@ -103,7 +103,7 @@ def _line(ax, df, spec, metric):
                         (stats["mean"] + stats["std"].fillna(0)) * s, alpha=0.2)
     ax.set_xlabel(spec.xlabel or spec.x)
     if spec.logx:
-        ax.set_xscale("log")
+        _log_x(ax)
 
 
 def _bars(ax, df, spec, _metric):
@@ -133,8 +133,18 @@ def _per_class(ax, df, spec, metric):
             continue
         frame = pd.DataFrame({"x": xs, "y": ys}).groupby("x")["y"].mean().sort_index()
         ax.plot(frame.index, frame.values, marker=".", linestyle="-", label=label, alpha=0.8)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(spec.xlabel or "training images of the class (log)")
+
+
+def _log_x(ax) -> None:
+    """A log x axis labelled at its decades only, as plain numbers: matplotlib's default also labels minor ticks
+    (2×10², 3×10², …), which collide within a decade."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _curves(ax, df, spec, metric):
@@ -223,15 +233,81 @@ KINDS = {"line": _line, "bars": _bars, "per_class": _per_class, "curves": _curve
          "forest": _forest, "heatmap": _heatmap}
 
 
-def _height(runs: pd.DataFrame, spec: FigureSpec) -> float:
-    if spec.kind != "forest":
-        return 3.4
-    keys = [k for k in list(spec.rows) + [spec.hue] if k in runs]
-    lines = len(runs[keys].astype(str).drop_duplicates()) if keys else 1
-    return max(3.4, 1.6 + 0.3 * lines)
+# Figure sizes follow their content: a fixed height per forest line or heat-map row, a fixed width per panel or
+# heat-map column, plus the width of the longest label, so 23 rows never share the height meant for five.
+PANEL_IN = (4.4, 3.0)     # one plot panel (width, height), inches
+LINE_IN = 0.2             # one forest line (8-pt labels need ~0.15 in)
+ROW_IN, COLUMN_IN = 0.3, 1.0  # one heat-map cell: room for a two-digit rank at 8 pt
+LABEL_PT = 8              # tick and legend labels
+
+
+def text_inches(labels, points: float = LABEL_PT) -> float:
+    """Width of the longest label at `points`: DejaVu Sans averages ~0.6 em per character."""
+    return max((len(str(label)) for label in labels), default=0) * points * 0.6 / 72
+
+
+def _legend_inches(runs: pd.DataFrame, spec: FigureSpec) -> float:
+    labels = runs[spec.hue].astype(str).unique().tolist() if spec.hue in runs else []
+    return text_inches(labels + [spec.hue or ""]) + 0.7 if labels else 0.0
+
+
+def _plot_size(runs: pd.DataFrame, spec: FigureSpec, panels: int) -> tuple[float, float]:
+    return PANEL_IN[0] * panels + _legend_inches(runs, spec), PANEL_IN[1] + 0.8
+
+
+def _forest_size(runs: pd.DataFrame, spec: FigureSpec, panels: int) -> tuple[float, float]:
+    keys = [k for k in spec.rows if k in runs]
+    settings = runs[keys].astype(str).agg(" · ".join, axis=1).unique() if keys else ["all"]
+    hues = runs[spec.hue].nunique() if spec.hue in runs else 1
+    width = text_inches(settings) + 4.2 * panels + _legend_inches(runs, spec)
+    return width, 1.6 + LINE_IN * len(settings) * hues
+
+
+def heatmap_column_inches(columns) -> float:
+    """Wide enough for the longest column label, set horizontally at 9 pt."""
+    return max(COLUMN_IN, text_inches(columns, 9) + 0.25)
+
+
+def _heatmap_size(runs: pd.DataFrame, spec: FigureSpec, _panels: int) -> tuple[float, float]:
+    rows, columns = runs["loss"].astype(str).unique(), list(spec.options["headline"])
+    width = text_inches(rows, 9) + heatmap_column_inches(columns) * len(columns) + 1.4
+    return width, 1.4 + ROW_IN * len(rows)
+
+
+SIZES = {"forest": _forest_size, "heatmap": _heatmap_size}
+
+
+def _figure_legend(axes, spec: FigureSpec) -> None:
+    """One legend for the figure, right of the last panel (the panels' hues share colours), so it never covers
+    data; constrained layout makes room for it."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        axes[-1].legend(list(entries.values()), list(entries), loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                        fontsize=LABEL_PT, title=spec.hue, title_fontsize=LABEL_PT, borderaxespad=0.0)
 
 
 def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Path]:
+    """Draw the figure (`draw_figure`) and write it as png and pdf; nothing when it has no runs."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_figure(df, spec)
+    if fig is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{spec.experiment}_{spec.name}.{ext}" for ext in ("png", "pdf")]
+    for p in paths:  # no creation date in the PDF: an unchanged figure re-renders to the same bytes
+        fmt = p.suffix[1:]
+        atomic_write(p, lambda f: fig.savefig(f, format=fmt, dpi=130,
+                                              metadata={"CreationDate": None} if fmt == "pdf" else None))
+    plt.close(fig)
+    return paths
+
+
+def draw_figure(df: pd.DataFrame, spec: FigureSpec):
+    """The matplotlib Figure of one spec, laid out (constrained layout) at its content's size; None without runs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,27 +327,19 @@ def render_figure(df: pd.DataFrame, spec: FigureSpec, out_dir: Path) -> list[Pat
             allowed = {_canon(x) for x in (v if isinstance(v, (list, tuple)) else [v])}
             runs = runs[runs[k].map(_canon).isin(allowed)]
     if runs.empty:
-        return []
+        return None
     panels = [None] if spec.kind in ("bars", "heatmap") else spec.metrics
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), _height(runs, spec)), squeeze=False)
-    for ax, metric in zip(axes[0], panels):
+    width, height = SIZES.get(spec.kind, _plot_size)(runs, spec, len(panels))
+    fig = plt.figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, metric in zip(axes, panels):
+        ax.grid(alpha=0.3)  # before drawing: a kind may turn it off (the heat map's cells are its grid)
         KINDS[spec.kind](ax, runs, spec, metric)
         if metric is not None and spec.kind not in ("hist", "forest"):
             ax.set_ylabel(spec.ylabel or _pretty(metric, runs))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0] and (spec.kind != "forest" or ax is axes[0][-1]):
-            outside = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if spec.kind == "forest" else {}
-            ax.legend(fontsize=7, title=spec.hue, title_fontsize=7, **outside)
+    _figure_legend(axes, spec)
     import textwrap
 
     title = spec.title or f"{spec.experiment}: {spec.name}"
-    fig.suptitle(textwrap.fill(title, width=int(55 * len(panels))), fontsize=10)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{spec.experiment}_{spec.name}.{ext}" for ext in ("png", "pdf")]
-    for p in paths:  # no creation date in the PDF: an unchanged figure re-renders to the same bytes
-        fmt = p.suffix[1:]
-        atomic_write(p, lambda f: fig.savefig(f, format=fmt, dpi=130,
-                                              metadata={"CreationDate": None} if fmt == "pdf" else None))
-    plt.close(fig)
-    return paths
+    fig.suptitle(textwrap.fill(title, width=int(width * 72 / (10 * 0.62))), fontsize=10)  # characters that fit
+    return fig
