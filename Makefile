@@ -7,6 +7,8 @@ EXP ?=
 JOBS ?= 2
 RESULTS ?= results
 LAUNCHER ?=
+BUDGET ?=
+FACTOR ?= 2
 REFERENCE ?= tables
 
 .DEFAULT_GOAL := help
@@ -28,16 +30,19 @@ test: install ## fast test suite (not marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest -q
 
-reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm; PLAN=1 [IMG_PER_S=x] only prints the plan
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S))
+reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm BUDGET=x (training length ×x); PLAN=1 [IMG_PER_S=x] only prints the plan
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S)) $(if $(BUDGET),--budget $(BUDGET))
 
 tables: install ## re-render tables (and figures) from existing runs only
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET))
 
 plots: tables ## alias of `make tables`: tables and figures render together
 
 verify: install ## did it reproduce? a verdict per table cell of RESULTS against REFERENCE=tables (committed, default)|paper|DIR (PROFILE, EXP as above) -> RESULTS/verify/<table>.md|csv; exit 1 if a cell differs
 	$(PY) -m experiments.verify --profile $(PROFILE) --results $(RESULTS) --reference $(REFERENCE) $(if $(EXP),--exp $(EXP)) $(if $(KEEP_STALE),--keep-stale)
+
+converge-check: install ## train EXP at FACTOR× (default 2) the budget into RESULTS/converge/runs-<F>x and compare every table with the 1× one: results/converge/<table>.md; exit 1 if a paper table's conclusion changes
+	$(PY) -m experiments.converge --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) --factor $(FACTOR) $(if $(BUDGET),--budget $(BUDGET)) $(if $(EXP),--exp $(EXP))
 
 bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json; BENCH_PROFILE=1 adds the default profile's wall time and memory
 	OMP_NUM_THREADS=1 $(PY) -m experiments.drivers.bench
@@ -48,4 +53,4 @@ train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
 clean-results: ## delete runs, checkpoints and logs under results/ (keeps tables, figures, paper_reference)
 	rm -rf $(RESULTS)/runs $(RESULTS)/work $(RESULTS)/logs
 
-.PHONY: help install test test-full reproduce-table tables plots verify bench train clean-results
+.PHONY: help install test test-full reproduce-table tables plots converge-check verify bench train clean-results

@@ -193,6 +193,7 @@ class TwoHeadLoss(EngineLoss):
     """
 
     extra_heads = ("ml",)
+    EPOCH_OPTIONS = ("warmup_epochs",)   # `budget` scales it (experiments.engine.budget)
 
     def __init__(self, k: float = 1.0, lambda_ml: float = 1.0, pl_scope: str = "batch", pl_force_true: bool = True,
                  pl_budget: str = "extra", pl_tie_rule: str = "midpoint", pos_weight: float | str | None = None,

@@ -12,6 +12,8 @@ import torch
 from experiments.engine.config import build_metrics, metric_specs
 from experiments.engine.errors import UserError
 from experiments.engine.metrics import Measure, Metric, describe, renormalised
+from experiments.engine.schemas import TrainerConfig
+from experiments.engine.selection import select_mode
 from experiments.report.tables import TableSpec, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +110,6 @@ def _run(tmp_path, i, loss, value):
 
 def test_a_new_lower_is_better_metric_is_bolded_and_selected_as_such(tmp_path):
     from experiments.store.results import load_runs
-    from experiments.engine.trainer import OptimConfig, Trainer, TrainerConfig
 
     for i, (loss, v) in enumerate([("a", 0.5), ("a", 0.52), ("b", 0.1), ("b", 0.12)]):
         _run(tmp_path, i, loss, v)
@@ -117,13 +118,9 @@ def test_a_new_lower_is_better_metric_is_bolded_and_selected_as_such(tmp_path):
     render(load_runs(tmp_path), spec, tmp_path / "tables")
     md = (tmp_path / "tables" / "toy.md").read_text()
     assert "**0.11 ± 0.01 (2)**" in md and "**0.51" not in md
-    trainer = Trainer(TrainerConfig(select_metric="val/miscalibration"), OptimConfig(), tmp_path, 0)
-    assert trainer.select_mode({"c": Calibration()}) == "min"
+    assert select_mode(TrainerConfig(select_metric="val/miscalibration"), {"c": Calibration()}) == "min"
 
 
-def test_undeclared_selection_metric_is_refused(tmp_path):
-    from experiments.engine.trainer import OptimConfig, Trainer, TrainerConfig
-
-    trainer = Trainer(TrainerConfig(select_metric="val/nonsense"), OptimConfig(), tmp_path, 0)
+def test_undeclared_selection_metric_is_refused():
     with pytest.raises(UserError, match="val/nonsense"):
-        trainer.select_mode({"c": Calibration()})
+        select_mode(TrainerConfig(select_metric="val/nonsense"), {"c": Calibration()})

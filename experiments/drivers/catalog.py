@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -31,10 +31,11 @@ class Experiment:
     figures: list[FigureSpec]
     seeds: str
     data_dir: Path
+    overrides: list[str] = field(default_factory=list)   # given to every run, e.g. `budget=2`
 
     def base_overrides(self, profile: str, results_dir: Path) -> list[str]:
         return [f"experiment={self.name}", f"profile={profile}", f"results_dir={results_dir}",
-                f"data_dir={self.data_dir}"]
+                f"data_dir={self.data_dir}", *self.overrides]
 
     def sweep_args(self, profile: str, results_dir: Path) -> list[list[str]]:
         """The multirun overrides of each sweep (the profile's seeds unless the sweep sets `seed`)."""

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from experiments.drivers import plan, runner
 from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, missing_data
 from experiments.drivers.train import compose_config
+from experiments.engine.budget import KEY as BUDGET_KEY, at_budget, factor
 from experiments.engine.errors import UserError
 from experiments.report.plots import render_figure
 from experiments.report.tables import render, write_paper_template
@@ -70,8 +71,9 @@ class SharedAttr(dict):
         return self
 
 
-def load_for_render(results_dir: Path):
-    df = load_runs(results_dir)
+def load_for_render(results_dir: Path, budget: float = 1.0):
+    """The runs of `results_dir` trained at `budget` (runs at another budget never enter these tables)."""
+    df = at_budget(load_runs(results_dir), budget)
     df.attrs = {k: SharedAttr(v) if isinstance(v, dict) else v for k, v in df.attrs.items()}
     return df
 
@@ -111,10 +113,11 @@ def _share_into(conn, *args) -> None:
     conn.send(_render_share(*args))
 
 
-def render_everything(exps: list[Experiment], results_dir: Path) -> tuple[list[dict], list[Path], list[str]]:
-    """Every table and figure, rendered by this process and a forked one taking items in turn (each takes
-    seconds on the default profile). Returns the table summaries, the figure files and the errors."""
-    df = load_for_render(results_dir)
+def render_everything(exps: list[Experiment], results_dir: Path,
+                      budget: float = 1.0) -> tuple[list[dict], list[Path], list[str]]:
+    """Every table and figure of the runs at `budget`, rendered by this process and a forked one taking items in
+    turn (each takes seconds on the default profile). Returns the table summaries, the figure files and the errors."""
+    df = load_for_render(results_dir, budget)
     items = render_items(exps)
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     counter = ctx.Value("i", 0)
@@ -185,14 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-only", action="store_true", help="only re-render tables and figures")
     ap.add_argument("--plan", action="store_true", help="print grids, runs, image-passes, files; train nothing")
     ap.add_argument("--img-per-s", type=float, default=None, help="with --plan: images/s of one GPU → GPU-hours")
+    ap.add_argument("--budget", default="1", help="factor on every run's training length (config key `budget`); "
+                    "tables show only the runs at this budget")
     args = ap.parse_args(argv)
     if args.plan:
         return plan.main(args.profile, [e for e in args.exp.split(",") if e], args.data_dir, args.img_per_s)
     t0 = time.time()
     results_dir = Path(args.results_dir).absolute()
     try:
+        budget = factor(args.budget)
         exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir,
                         results_dir / "work" / "discover")
+        for exp in exps:
+            exp.overrides.append(f"{BUDGET_KEY}={budget!r}")
         if args.profile == "paper":
             missing = missing_data(exps)
             if missing:
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ninterrupted{f' ({e})' if str(e) else ''}: unfinished runs resume from their last checkpoint "
                   f"when started again", file=sys.stderr)
             return 130
-    summary, figures, render_errors = render_everything(exps, results_dir)
+    summary, figures, render_errors = render_everything(exps, results_dir, budget)
     for error in render_errors:
         print(f"error: {error}", file=sys.stderr)
     minutes = (time.time() - t0) / 60

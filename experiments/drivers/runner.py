@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.drivers.train import CONF_DIR, compose_config, run
+from experiments.engine.budget import apply_budget
 from experiments.engine.errors import RunFailed, UserError
 from experiments.store import results as store
 
@@ -109,14 +110,14 @@ class Composer:
                        for o in parsed]
         key = tuple(o.input_line for o, g in zip(parsed, in_defaults) if g)
         if key not in self._bases:
-            self._bases[key] = compose_config(list(key))
+            self._bases[key] = compose_config(list(key), budget=False)
         base, choices = self._bases[key]
         cfg = copy.deepcopy(base)
         ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, in_defaults) if not g], cfg)
         with open_dict(cfg):
             cfg.results_dir = str(Path(cfg.results_dir).absolute())
             cfg.data_dir = str(Path(cfg.data_dir).absolute())
-        return cfg, dict(choices)
+        return apply_budget(cfg), dict(choices)
 
 
 def _one_line(e: BaseException) -> str:

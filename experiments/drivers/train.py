@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from experiments.engine.budget import apply_budget
 from experiments.engine.checkpoint import LAST, StopSignals, forward_signal
 from experiments.engine.config import _instantiate, build_components, check_target, validate
 from experiments.engine.environment import numerics_environment
@@ -271,9 +272,11 @@ def _train(cfg: DictConfig, base: dict, path: Path, schemas: tuple, claim: Claim
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[DictConfig, dict[str, str]]:
+def compose_config(overrides: list[str] | tuple[str, ...] = (),
+                   budget: bool = True) -> tuple[DictConfig, dict[str, str]]:
     """The config `python -m experiments.train <overrides>` would run, plus its group choices (for tests,
-    notebooks and tools). Relative `results_dir`/`data_dir` are taken from the current directory."""
+    notebooks and tools). Relative `results_dir`/`data_dir` are taken from the current directory. `budget=False`:
+    not yet scaled by `budget` (for a caller that applies more overrides first, then `apply_budget`)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -285,7 +288,7 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[DictCon
         del cfg["hydra"]
         cfg.results_dir = str(Path(cfg.results_dir).absolute())
         cfg.data_dir = str(Path(cfg.data_dir).absolute())
-    return cfg, choices
+    return (apply_budget(cfg) if budget else cfg), choices
 
 
 def _objective(record: dict, name: str) -> float:
@@ -328,6 +331,7 @@ def main(cfg: DictConfig) -> Any:
     cfg.data_dir = hydra.utils.to_absolute_path(cfg.data_dir)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     try:
+        apply_budget(cfg)
         record = run(cfg, choices)
         status = "skipped" if record.get("skipped") else record["status"]
         _status_file(status, record.get("interrupted") or "")

@@ -129,7 +129,8 @@ def verify_table(spec: TableSpec, df: pd.DataFrame, ref: Reference, alpha: float
     scales = {m: (meaning.scale if spec.percent else 1.0) for m, meaning in out.measures.items()}
     reference, out.source, theirs = reference_cells(ref, spec, scales)
     if reference is None or reference.empty:
-        out.skipped = f"no reference cells ({out.source})"
+        hint = "; paper values belong to the paper-profile tables (PROFILE=paper)" if ref.kind == "paper" else ""
+        out.skipped = f"no reference cells ({out.source}{hint})"
         return out
     keys = list(spec.rows) + list(spec.columns)
     overrides = verify.check_overrides(spec.verify.get("margins"), spec.metrics, spec.stem)

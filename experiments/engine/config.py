@@ -9,17 +9,19 @@ from typing import Any
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
 from experiments.engine.data import Data
 from experiments.engine.errors import UserError
+from experiments.engine.evaluation import ENGINE_REPORTED, merge
 from experiments.engine.loss import EngineLoss
-from experiments.engine.metrics import Metric, check_kinds, pairing
+from experiments.engine.metrics import Metric, check_kinds, family, pairing
 from experiments.engine.models import Network
-from experiments.engine.trainer import OptimConfig, TrainerConfig
+from experiments.engine.schedules import Constant, Schedule
+from experiments.engine.schemas import OptimConfig, TrainerConfig, check_name, check_renamed, check_values, read_section
 
 ENGINE_SUPPLIED = {"model": {"in_channels", "image_size"}}
-METRIC_SETS = Path(__file__).resolve().parents[2] / "conf" / "metrics"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+METRIC_SETS = CONF_DIR / "metrics"
 
 
 @dataclass
@@ -85,19 +87,8 @@ def metric_specs(cfg: DictConfig) -> dict[str, MetricSpec]:
     return {k: MetricSpec(nodes[k], explicit, src) for k, (_, explicit, src) in raw.items()}
 
 
-def _schema(cls, node: DictConfig, where: str):
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), node)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-        valid = ", ".join(f.name for f in cls.__dataclass_fields__.values())
-        raise UserError(f"{where}.{key}: {str(e).splitlines()[0]} (valid keys: {valid})") from None
-    obj = OmegaConf.to_object(merged)
-    obj.check()
-    return obj
-
-
-DATASET_DECLARATIONS = ("metric_sets", "shots")   # read by the engine and the metric sets, not the dataset
+DATASET_DECLARATIONS = ("metric_sets", "shots", "sizes")   # read by the engine, the metric sets and the run plan,
+                                                          # not by the dataset builder
 
 
 def dataset_node(cfg: DictConfig) -> DictConfig:
@@ -135,13 +126,18 @@ def check_target(node: Any, where: str, supplied: set[str] = frozenset()) -> Non
 
 
 def validate(cfg: DictConfig) -> tuple[TrainerConfig, OptimConfig]:
+    """Every check of a run's config, before anything is built: value kinds, names, the typed sections
+    (`experiments.engine.schemas`), and every component `_target_` with its options."""
+    check_values(cfg)
+    check_name(cfg.get("experiment_name"))
+    check_renamed(cfg)
     for key in ("seed", "results_dir", "experiment_name", "data_dir"):
         if key not in cfg or cfg[key] is None:
             raise UserError(f"config key `{key}` is missing; it is set in conf/config.yaml")
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed={cfg.seed!r}: must be an integer")
-    tcfg = _schema(TrainerConfig, cfg.trainer, "trainer")
-    ocfg = _schema(OptimConfig, cfg.optim, "optim")
+    tcfg = read_section(TrainerConfig, cfg.trainer, "trainer")
+    ocfg = read_section(OptimConfig, cfg.optim, "optim")
     check_target(dataset_node(cfg), "dataset")
     check_target(cfg.model, "model", ENGINE_SUPPLIED["model"])
     check_target(cfg.loss, "loss")
@@ -162,6 +158,21 @@ def _instantiate(node: DictConfig, where: str, **kwargs):
             raise cause from None
         msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         raise UserError(f"{where}: {msg}") from None
+
+
+def build_schedule(cfg: DictConfig) -> Schedule:
+    """The learning-rate schedule of `cfg.schedule` (a `_target_` node of conf/schedule/); constant if absent."""
+    node = cfg.get("schedule")
+    if node is None:
+        return Constant()
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        names = ", ".join(sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml")))
+        raise UserError(f"schedule={node!r}: choose a schedule with schedule=<name> ({names})")
+    check_target(node, "schedule")
+    schedule = _instantiate(node, "schedule")
+    if not isinstance(schedule, Schedule):
+        raise UserError(f"schedule._target_={node._target_} is not an experiments.engine.schedules.Schedule")
+    return schedule
 
 
 def build_components(cfg: DictConfig) -> tuple[Data, EngineLoss, Network, dict[str, Metric]]:
@@ -185,7 +196,8 @@ def build_components(cfg: DictConfig) -> tuple[Data, EngineLoss, Network, dict[s
 
 def build_metrics(cfg: DictConfig, loss: EngineLoss, data: Data) -> MetricSet:
     """Instantiate the run's metrics and pair each with the loss's score kinds and the dataset's structure: a
-    metric from a default set that cannot be computed is skipped with a note; one asked for by name is refused."""
+    metric from a default set that cannot be computed is skipped with a note; one asked for by name is refused.
+    Two metrics that declare the same reported name are refused: one name has one meaning in a run."""
     check_kinds(loss.score_kinds, f"loss ({type(loss).__name__})")
     metrics, notes = {}, {}
     for name, spec in metric_specs(cfg).items():
@@ -203,4 +215,7 @@ def build_metrics(cfg: DictConfig, loss: EngineLoss, data: Data) -> MetricSet:
         if adaptation:
             notes[name] = f"adapted: {adaptation}"
         metrics[name] = metric
+    reported = {"loss": ENGINE_REPORTED}
+    for name, metric in metrics.items():
+        merge(reported, name, sorted({family(key) for key in metric.measures}))
     return MetricSet(metrics, notes)

@@ -15,6 +15,8 @@ from experiments.engine.errors import UserError
 class Schedule:
     """Constant factor 1 after the warm-up."""
 
+    EPOCH_OPTIONS: tuple[str, ...] = ("warmup_epochs",)   # options in epochs: `budget` scales them
+
     def __init__(self, warmup_epochs: int = 0):
         if warmup_epochs < 0:
             raise UserError(f"schedule.warmup_epochs={warmup_epochs}: must be ≥ 0")
@@ -35,6 +37,8 @@ Constant = Schedule
 
 class MultiStep(Schedule):
     """× gamma at each milestone epoch, or the absolute `factors` (one per milestone) when given."""
+
+    EPOCH_OPTIONS = ("warmup_epochs", "milestones")
 
     def __init__(self, milestones: Sequence[int] = (), gamma: float = 0.1, factors: Sequence[float] | None = None,
                  warmup_epochs: int = 0):
@@ -74,6 +78,8 @@ class Cosine(Schedule):
 class OneCycle(Schedule):
     """One cycle per run, by epoch (after torch's OneCycleLR): linear from 1/div_factor up to 1 at the epoch
     nearest `pct_start` of the run, then half a cosine down to 1/(div_factor·final_div_factor) at the last epoch."""
+
+    EPOCH_OPTIONS = ()   # fractions of the run only
 
     def __init__(self, pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4):
         super().__init__(0)

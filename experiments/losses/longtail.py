@@ -161,6 +161,8 @@ class LDAMLoss(_CountsLoss):
     `s` multiplies all logits; LDAM pairs s = 30 with a cosine (NormedLinear) head: `normed_head=True` asks the
     engine for one (`head = "cosine"`)."""
 
+    EPOCH_OPTIONS = ("drw_epoch",)   # `budget` scales it (experiments.engine.budget)
+
     def __init__(self, max_m: float = 0.5, s: float = 30.0, drw_epoch: int | None = 160,
                  drw_fraction: float | None = None, beta: float = 0.9999,
                  class_counts: Sequence[int] | None = None, normed_head: bool = True):

@@ -23,11 +23,14 @@ import pandas as pd
 from experiments.engine.data import atomic_write_bytes
 from experiments.engine.errors import UserError
 from experiments.engine.metrics import Measure, family
-from experiments.report import stats
+from experiments.report import converge, stats
+from experiments.report.compare import canonical
 from experiments.store.results import code_version, read_record
 
 ALPHA = stats.ALPHA
 MARK = "†"
+ROLES = ("paper", "supporting", "screening")
+LENGTH_KEYS = ("budget", "trainer.epochs", "trainer.min_steps")   # a run's training length, shown in the footer
 NO_COMPARISON = {**dict.fromkeys(["n_base", "n_pairs", "diff", "ci_low", "ci_high", "boot_low", "boot_high",
                                    "p_value", "p_holm", "mde"], np.nan), "significant": False, "test": ""}
 
@@ -57,6 +60,12 @@ class TableSpec:
     test: str = "paired"            # paired (on `pair_on`) | welch (unpaired)
     renderer: str | None = None     # dotted fn(df, spec, out_dir, paper_dir) -> summary, for a table of its own kind
     footer: str | None = None       # dotted fn(spec) -> list of lines printed under the table
+    role: str = "supporting"        # paper: a paper's headline table (its conclusions gate `make converge-check`) |
+    #                                 supporting (reported, never gating) | screening (a wide, short-budget survey)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise UserError(f"table {self.stem}: role={self.role!r}; choose one of {', '.join(ROLES)}")
 
     @property
     def stem(self) -> str:
@@ -381,7 +390,7 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
     measures = {m: measure(df.attrs.get("measures", {}), m) for m in spec.metrics} if measured else {}
     notes = RefusalNotes()
     md, tex = _grid(long, spec, bool(paper), measures, notes)
-    footer = _footer(long, spec, measures, counts)
+    footer = _footer(long, spec, measures, {**counts, **converge_facts(df, spec, out_dir)})
     if spec.footer:
         footer += list(hydra.utils.get_method(spec.footer)(spec))
     atomic_write_bytes(out_dir / f"{spec.stem}.md", _markdown(md, spec, footer, notes.lines()).encode())
@@ -465,6 +474,47 @@ def _mde_line(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure])
             f"size or larger (before Holm correction), and says nothing about smaller ones.")
 
 
+def converge_facts(df: pd.DataFrame, spec: TableSpec, out_dir: Path) -> dict[str, Any]:
+    """The training length of this table's runs (`budget`, trainer.epochs, trainer.min_steps as run) and the
+    table's entry of the last `make converge-check` (`<results>/converge/summary.json`, beside `out_dir`)."""
+    runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
+    length = {key: sorted({canonical(v) for v in runs[key].dropna()}) for key in LENGTH_KEYS if key in runs}
+    entry = converge.read_summary(Path(out_dir).parent / "converge" / converge.SUMMARY).get(spec.stem)
+    return {"length": length, "converge": entry}
+
+
+def _converged_line(spec: TableSpec, counts: dict[str, Any]) -> str:
+    """What "converged" means for this table: its budget and what twice the budget changed, when checked."""
+    length = ", ".join(f"{k} {'/'.join(v)}" for k, v in counts.get("length", {}).items() if v) or "as configured"
+    entry = counts.get("converge")
+    if not entry or "conclusions" not in entry:
+        return (f"Training length: {length}. Convergence not checked: `make converge-check EXP={spec.experiment}` "
+                f"trains at twice the budget and compares every cell.")
+    verdict = "Converged" if entry["passed"] else "NOT converged"
+    text = (f"{verdict}: training length {length}; at {entry['factor']:g}× budget {entry['budget']:g} "
+            f"{entry['n_changed']} of {entry['conclusions']} conclusions (sign or {MARK} of a Δ) changed and "
+            f"{entry['n_beyond_mde']} of {entry['cells']} cell means moved by more than their MDE (|shift| / MDE "
+            f"median {entry['shift_over_mde_median']}, max {entry['shift_over_mde_max']}): `make converge-check` "
+            f"on {entry['date']}, {entry['machine']}, code version {entry['code_version']}")
+    if counts.get("runs") and entry["code_version"] != code_version():
+        text += f" (these runs: {code_version()}; check again)"
+    return text + f"; details in ../converge/{spec.stem}.md."
+
+
+def version_lines(versions: dict[str, int], stale_kept: list[str]) -> list[str]:
+    """The code versions of a table's runs (each run's own, experiments.store.versions; what
+    tests/test_committed_results.py checks), and the stale ones kept, named under the legend of their mark."""
+    lines = []
+    if stale_kept:
+        lines.append(f"{STALE_MARK}: the cell has runs of code changed since they ran, kept by KEEP_STALE=1 instead "
+                     f"of re-run; their code versions: {', '.join(stale_kept)} (`make status` names the changed "
+                     f"files).")
+    if versions:
+        shown = ", ".join(f"{v} ({n} runs)" for v, n in versions.items())
+        lines.append(f"Code versions of these runs (per run, experiments.store.versions): {shown}.")
+    return lines
+
+
 def _footer(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure], counts: dict[str, Any]) -> list[str]:
     k, n = counts["last"]
     lines = [f"Completed runs: {counts['runs']}. Failed runs excluded: {counts['failed']}. "
@@ -473,8 +523,9 @@ def _footer(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure], c
         lines.append(f"No run was made by the current code; shown: code_version {counts['shown']}.")
     elif counts["runs"]:
         lines.append(f"Runs made by code version {code_version()} (experiments.store.results.code_version).")
-    lines.append(f"Selected at the last epoch: {k} of {n} runs selecting on a validation metric (a high share "
-                 f"means training stopped while that metric may still have been improving).")
+    lines.append(_converged_line(spec, counts))
+    lines.append(f"Diagnostic (not evidence of convergence): selected at the last epoch: {k} of {n} runs selecting "
+                 f"on a validation metric.")
     mde = _mde_line(long, spec, measures) if measures else ""
     return lines + ([mde] if mde else [])
 
