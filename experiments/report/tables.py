@@ -23,7 +23,7 @@ import pandas as pd
 from experiments.engine.data import atomic_write_bytes
 from experiments.engine.errors import UserError
 from experiments.engine.metrics import Measure, family
-from experiments.report import converge, stats
+from experiments.report import converge, stats, verify
 from experiments.report.compare import canonical
 from experiments.store.results import code_version, read_record
 
@@ -60,6 +60,8 @@ class TableSpec:
     test: str = "paired"            # paired (on `pair_on`) | welch (unpaired)
     renderer: str | None = None     # dotted fn(df, spec, out_dir, paper_dir) -> summary, for a table of its own kind
     footer: str | None = None       # dotted fn(spec) -> list of lines printed under the table
+    verify: dict[str, Any] = field(default_factory=dict)  # `make verify`: {margins: {metric or family: δ}}, δ in
+    #                                 the table's unit (pp for rates); default: the metric's Measure margin
     role: str = "supporting"        # paper: a paper's headline table (its conclusions gate `make converge-check`) |
     #                                 supporting (reported, never gating) | screening (a wide, short-budget survey)
 
@@ -300,7 +302,8 @@ def _fmt(r: pd.Series, meaning: Measure | None, spec: TableSpec, with_paper: boo
     scale, d = _scale(spec, meaning), spec.digits
     text = f"{r['mean'] * scale:.{d}f} ± {r['std'] * scale:.{d}f} ({r['n']})" + _fmt_diff(r, scale, d)
     text += MARK if r["significant"] else ""
-    return text + (f" [paper {r['paper_value']}]" if with_paper and r["paper_value"] else "")
+    mark = f" {r['paper_verdict']}" if r.get("paper_verdict") else ""
+    return text + (f" [paper {r['paper_value']}{mark}]" if with_paper and r["paper_value"] else "")
 
 
 def _paper_values(path: Path, keys: list[str]) -> dict[tuple, str]:
@@ -364,27 +367,60 @@ def _select(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFra
     return done, refused, counts
 
 
+def cells(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The table's long form (`summarize` of its current completed runs after its `transform`, plus refused
+    cells) and the counts for its footer, including the numerics environments of its runs. What `render` writes
+    to `<table>.csv` and what `make verify` compares."""
+    import hydra.utils
+
+    done, refused, counts = _select(df, spec)
+    counts["measures"] = df.attrs.get("measures", {})
+    counts["environments"] = (done["environment"].fillna("unrecorded").value_counts().to_dict()
+                              if "environment" in done else {"unrecorded": len(done)} if len(done) else {})
+    if spec.transform and len(done):
+        done = hydra.utils.get_method(spec.transform)(done, spec)
+    return _with_refused(summarize(done, spec) if len(done) else pd.DataFrame(), refused, spec), counts
+
+
+def _paper_marks(long: pd.DataFrame, path: Path, spec: TableSpec, declared: dict) -> dict[tuple, str]:
+    """The `make verify` mark (✓ ✗ ?) of each cell with a paper value, keyed by the cell's canonical keys and
+    metric; none, with one warning, when the file does not parse (`make verify REFERENCE=paper` names the line)."""
+    keys = list(spec.rows) + list(spec.columns)
+    measured = long[long["n"] > 0] if len(long) else long
+    if measured.empty:
+        return {}
+    try:
+        measures = {m: measure(declared, m) for m in spec.metrics}
+        scales = {m: _scale(spec, meaning) for m, meaning in measures.items()}
+        ref = verify.paper_reference(verify.read_reference(path), keys, scales, str(path))
+        overrides = verify.check_overrides(spec.verify.get("margins"), spec.metrics, spec.stem)
+        judged, _ = verify.compare_table(measured, ref, keys, measures, overrides, str(path))
+    except UserError as e:
+        print(f"warning: paper verdicts of table {spec.stem} left out: {e}", file=sys.stderr)
+        return {}
+    return {tuple(r[k] for k in keys + ["metric"]): verify.MARKS[r["verdict"]] for _, r in judged.iterrows()}
+
+
 def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | None = None) -> dict[str, Any]:
     """Write md/tex/csv for one spec; returns counts for the summary."""
     import hydra.utils
 
     if spec.renderer:
         return hydra.utils.get_method(spec.renderer)(df, spec, out_dir, paper_dir)
-    done, refused, counts = _select(df, spec)
-    if spec.transform and len(done):
-        done = hydra.utils.get_method(spec.transform)(done, spec)
-    long = _with_refused(summarize(done, spec) if len(done) else pd.DataFrame(), refused, spec)
+    long, counts = cells(df, spec)
     keys = list(spec.rows) + list(spec.columns)
-    paper = {}
+    paper, marks = {}, {}
     if paper_dir is not None and "paper" in spec.profiles:
         ppath = Path(paper_dir) / f"{spec.stem}.csv"
         write_paper_template(ppath, long, keys)
         paper = _paper_values(ppath, keys)
+        marks = _paper_marks(long, ppath, spec, counts["measures"]) if paper else {}
 
     out_dir = Path(out_dir)
     if not long.empty:
-        long = long.assign(paper_value=[paper.get(tuple(str(r[k]) for k in keys) + (r["metric"],), "")
-                                        for _, r in long.iterrows()])
+        cell_keys = [tuple(str(r[k]) for k in keys) + (r["metric"],) for _, r in long.iterrows()]
+        long = long.assign(paper_value=[paper.get(c, "") for c in cell_keys],
+                           paper_verdict=[marks.get(tuple(map(canonical, c)), "") for c in cell_keys])
     atomic_write_bytes(out_dir / f"{spec.stem}.csv", (long.to_csv(index=False) if not long.empty else "").encode())
     measured = not long.empty and bool((long["n"] > 0).any())
     measures = {m: measure(df.attrs.get("measures", {}), m) for m in spec.metrics} if measured else {}
@@ -523,6 +559,8 @@ def _footer(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure], c
         lines.append(f"No run was made by the current code; shown: code_version {counts['shown']}.")
     elif counts["runs"]:
         lines.append(f"Runs made by code version {code_version()} (experiments.store.results.code_version).")
+    if counts.get("environments"):
+        lines.append(verify.environment_line(counts["environments"]))
     lines.append(_converged_line(spec, counts))
     lines.append(f"Diagnostic (not evidence of convergence): selected at the last epoch: {k} of {n} runs selecting "
                  f"on a validation metric.")
