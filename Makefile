@@ -39,7 +39,7 @@ tables: install ## re-render tables (and figures) from existing runs only
 plots: tables ## alias of `make tables`: tables and figures render together
 
 verify: install ## did it reproduce? a verdict per table cell of RESULTS against REFERENCE=tables (committed, default)|paper|DIR (PROFILE, EXP as above) -> RESULTS/verify/<table>.md|csv; exit 1 if a cell differs
-	$(PY) -m experiments.verify --profile $(PROFILE) --results $(RESULTS) --reference $(REFERENCE) $(if $(EXP),--exp $(EXP)) $(if $(KEEP_STALE),--keep-stale)
+	$(PY) -m experiments.verify --profile $(PROFILE) --results $(RESULTS) --reference $(REFERENCE) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale)
 
 converge-check: install ## train EXP at FACTOR× (default 2) the budget into RESULTS/converge/runs-<F>x and compare every table with the 1× one: results/converge/<table>.md; exit 1 if a paper table's conclusion changes
 	$(PY) -m experiments.converge --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) --factor $(FACTOR) $(if $(BUDGET),--budget $(BUDGET)) $(if $(EXP),--exp $(EXP))

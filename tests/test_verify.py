@@ -447,3 +447,15 @@ def test_committed_tables_are_read_from_git_head_not_the_working_tree(tmp_path):
     outside.write_text("a,b\n1,2\n")
     assert cli.Reference("tables", tmp_path, committed=True).read(outside) == ("a,b\n1,2\n", str(outside))
     assert cli.Reference("tables", tmp_path).read(tmp_path / "missing.csv") == (None, str(tmp_path / "missing.csv"))
+
+
+def test_runs_of_another_budget_stay_out(tmp_path, capsys):
+    results = _runs(tmp_path / "a", seeds=2)
+    rec = json.loads((results / "runs" / "simloss_age" / "r0.0s0.json").read_text())
+    rec["config"]["budget"] = 2
+    rec["run_id"] = "twice"
+    write_record(results / "runs" / "simloss_age" / "twice.json", rec)
+    assert len(cli._runs(results, keep_stale=True)) == 4
+    assert list(cli._runs(results, keep_stale=True, budget=2.0)["run_id"]) == ["twice"]
+    assert _main(results, results, "--budget", "0") == 2
+    assert "error: budget='0': must be a number > 0" in capsys.readouterr().err

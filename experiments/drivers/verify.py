@@ -3,6 +3,7 @@ set against a reference.
 
     python -m experiments.verify [--results results] [--reference tables|paper|DIR] [--profile default]
                                  [--exp simloss_age,...] [--out <results>/verify] [--alpha 0.05] [--keep-stale]
+                                 [--budget 1]
 
 References: `tables` = the committed long forms `results/tables/<table>.csv` (their git HEAD versions, since
 `make reproduce-table` re-renders the working-tree copies from this machine's runs); `paper` = the user-filled
@@ -24,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.drivers.catalog import PROFILES, ROOT, discover
+from experiments.engine.budget import at_budget, factor
 from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
 from experiments.engine.metrics import MARGINS, RELATIVE_MARGIN, Measure
@@ -66,21 +68,22 @@ class Reference:
         return (path.read_text(errors="replace") if path.exists() else None), str(path)
 
     @classmethod
-    def open(cls, name: str, keep_stale: bool = False) -> "Reference":
+    def open(cls, name: str, keep_stale: bool = False, budget: float = 1.0) -> "Reference":
         if name in NAMED:
             return cls(*NAMED[name])
         path = Path(name).expanduser()
         if (path / "runs").is_dir():
-            return cls("runs", path, _runs(path, keep_stale))
+            return cls("runs", path, _runs(path, keep_stale, budget))
         if path.is_dir() and any(path.glob("*.csv")):
             return cls("tables", path)
         raise UserError(f"--reference {name}: not `tables`, `paper`, a results directory with runs/ nor a directory "
                         f"of table .csv files; give one of those")
 
 
-def _runs(results: Path, keep_stale: bool) -> pd.DataFrame:
-    """The runs of a results directory; with `keep_stale`, tables keep runs of code changed since (marked)."""
-    df = load_runs(results)
+def _runs(results: Path, keep_stale: bool, budget: float = 1.0) -> pd.DataFrame:
+    """The runs of a results directory trained at `budget`, as the tables take them; with `keep_stale`, tables
+    keep runs of code changed since (marked)."""
+    df = at_budget(load_runs(results), budget)
     df.attrs["keep_stale"] = keep_stale
     return df
 
@@ -243,8 +246,9 @@ def run(args: argparse.Namespace) -> int:
     results = Path(args.results).absolute()
     only = [e for e in args.exp.split(",") if e]
     exps = discover(args.profile, only, None, results / "work" / "discover")
-    ref = Reference.open(args.reference, args.keep_stale)
-    df = _runs(results, args.keep_stale)
+    budget = factor(args.budget)
+    ref = Reference.open(args.reference, args.keep_stale, budget)
+    df = _runs(results, args.keep_stale, budget)
     found = [verify_table(spec, df, ref, args.alpha) for exp in exps for spec in exp.tables if not spec.renderer]
     judged = [v for v in found if not v.skipped]
     if not judged:
@@ -270,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="default", choices=PROFILES)
     ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
     ap.add_argument("--out", default=None, help="output directory (default: <results>/verify)")
+    ap.add_argument("--budget", default="1", help="compare the runs trained at this budget (config key `budget`), "
+                    "as `make tables BUDGET=…` shows them (default 1)")
     ap.add_argument("--keep-stale", action="store_true", help="keep runs of code changed since they ran, as "
                     "`make tables KEEP_STALE=1` does (default: only runs of the current code)")
     ap.add_argument("--alpha", type=float, default=verify.ALPHA, help="level of every test (default 0.05)")
