@@ -227,9 +227,6 @@ def _record_refusal(cfg: DictConfig, choices: dict[str, str], error: str) -> str
 
 def execute(overrides: list[str], composer: Composer) -> dict:
     """Run one config in this process (a worker): its status, wall time, training-epoch time and error."""
-    import torch
-
-
     t0 = time.perf_counter()
     try:
         cfg, choices = composer(overrides)
@@ -237,8 +234,6 @@ def execute(overrides: list[str], composer: Composer) -> dict:
         return {"status": "failed", "error": _one_line(e), "train_s": 0.0, "wall_s": time.perf_counter() - t0}
     with open_dict(cfg):
         cfg.trainer.progress = "off"
-    if cfg.trainer.get("cpu_threads"):
-        torch.set_num_threads(int(cfg.trainer.cpu_threads))
     out: dict[str, Any] = {"status": "failed", "error": "", "train_s": 0.0}
     try:
         record = run(cfg, choices, log=lambda *a, **k: None)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import shutil
 import signal
 import sys
 import time
 import traceback
-import typing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,75 +24,29 @@ from typing import Any, NoReturn
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.engine.budget import apply_budget
 from experiments.engine.checkpoint import LAST, StopSignals, forward_signal
-from experiments.engine.config import _instantiate, build_components, check_target, validate
+from experiments.engine.config import build_components, build_schedule, validate
 from experiments.engine.environment import numerics_environment
 from experiments.engine.errors import RunFailed, UserError, WriteError
 from experiments.engine.metrics import describe
-from experiments.engine.schedules import Constant, Schedule
-from experiments.engine.trainer import OptimConfig, Trainer, TrainerConfig, seed_everything
+from experiments.engine.process import configure_process, seed_everything
+from experiments.engine.schedules import Schedule
+from experiments.engine.schemas import OptimConfig, TrainerConfig, check_name
+from experiments.engine.trainer import Trainer
 from experiments.store import results as store
 from experiments.store.claims import Claim, ClaimLost
 
 NOT_DONE_EXIT = 3     # single run: interrupted without a signal (trainer.interrupt_after), or claimed elsewhere
-RENAMED = {"name": "optim=<adam|adamw|sgd> (a config group)", "schedule": "schedule=<name> (conf/schedule/)",
-           "warmup_epochs": "schedule.warmup_epochs", "milestones": "schedule.milestones",
-           "gamma": "schedule.gamma", "factors": "schedule.factors"}
 
 
 def _debugging(cfg: DictConfig | None = None) -> bool:
     return os.environ.get("LOSSLAB_DEBUG", "") not in ("", "0") or bool(cfg is not None and cfg.get("debug"))
 
 
-# ---------------------------------------------------------------------- checks before anything runs
-def _scalar_type(annotation: Any) -> type | None:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    return args[0] if len(args) == 1 and args[0] in (int, float, bool, str) else None
-
-
-def _is_number(value: Any, kind: type) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, str):
-        try:
-            kind(value)
-        except ValueError:
-            return False
-        return True
-    return isinstance(value, int) or (kind is float and isinstance(value, float))
-
-
-def _check_values(cfg: DictConfig) -> None:
-    """One value of the right kind for every scalar option of `seed`, `trainer.*` and `optim.*`."""
-    checks = [("seed", int, cfg.get("seed"), 0)]
-    for section, schema in (("trainer", TrainerConfig), ("optim", OptimConfig)):
-        node, hints = cfg.get(section), typing.get_type_hints(schema)
-        for key in node if isinstance(node, DictConfig) else ():
-            default = schema.__dataclass_fields__[key].default if key in hints else None
-            checks.append((f"{section}.{key}", _scalar_type(hints.get(key)), node.get(key), default))
-    for key, kind, value, example in checks:
-        if kind is None or value is None:
-            continue
-        what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
-        if isinstance(value, (ListConfig, DictConfig)):
-            sweep = ",".join(str(v) for v in value) if isinstance(value, ListConfig) else "<a>,<b>"
-            raise UserError(f"{key}={OmegaConf.to_container(value)}: must be {what}, not a "
-                            f"{'list' if isinstance(value, ListConfig) else 'mapping'}; to run several values "
-                            f"sweep them: -m {key}={sweep}")
-        if kind in (int, float) and not _is_number(value, kind):
-            hint = f", e.g. {key}={example}" if isinstance(example, (int, float)) else ""
-            raise UserError(f"{key}={value!r}: must be {what}{hint}")
-
-
-def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
-        raise UserError(f"experiment_name={name!r}: must be a plain folder name (letters, digits, _ . + -, not "
-                        f"starting with a dot, no / or \\), e.g. experiment_name=my_study")
-
-
+# ---------------------------------------------------------------------- what a run is
 PAIRING_KEYS = ("seed", "dataset.split_seed", "dataset.imbalance.seed", "dataset.seed")
 
 
@@ -113,34 +65,14 @@ def pairing_key(resolved: dict) -> dict[str, Any]:
 
 def _folder_name(name: Any) -> str:
     """OmegaConf resolver `${folder_name:${experiment_name}}`: the name, refused before Hydra makes a folder of it."""
-    _check_name(name)
+    check_name(name)
     return name
 
 
 OmegaConf.register_new_resolver("folder_name", _folder_name, replace=True)
 
 
-def build_schedule(cfg: DictConfig) -> Schedule:
-    """The learning-rate schedule of `cfg.schedule` (a `_target_` node of conf/schedule/); constant if absent."""
-    node = cfg.get("schedule")
-    if node is None:
-        return Constant()
-    if not isinstance(node, DictConfig) or "_target_" not in node:
-        names = ", ".join(sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml")))
-        raise UserError(f"schedule={node!r}: choose a schedule with schedule=<name> ({names})")
-    check_target(node, "schedule")
-    schedule = _instantiate(node, "schedule")
-    if not isinstance(schedule, Schedule):
-        raise UserError(f"schedule._target_={node._target_} is not an experiments.engine.schedules.Schedule")
-    return schedule
-
-
 def _validated(cfg: DictConfig) -> tuple[TrainerConfig, OptimConfig, Schedule]:
-    _check_values(cfg)
-    _check_name(cfg.get("experiment_name"))
-    for key, new in RENAMED.items():
-        if key in (cfg.get("optim") or {}):
-            raise UserError(f"optim.{key} is now {new}")
     tcfg, ocfg = validate(cfg)
     return tcfg, ocfg, build_schedule(cfg)
 
@@ -230,6 +162,7 @@ def _train(cfg: DictConfig, base: dict, path: Path, schemas: tuple, claim: Claim
            log) -> dict[str, Any]:
     tcfg, ocfg, schedule = schemas
     workdir = store.work_dir(cfg.results_dir, cfg.experiment_name, base["run_id"])
+    configure_process(tcfg)  # before anything computes: data building runs with the run's threads too
     seed_everything(int(cfg.seed), tcfg.deterministic)  # model initialisation depends on it
     data, loss, model, metrics = build_components(cfg)
     record = _new_record(base, data)
