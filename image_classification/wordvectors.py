@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from experiments.engine.data import atomic_write_bytes
+from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
 
 FORMATS = ("auto", "word2vec_bin", "word2vec_text", "glove")
@@ -142,7 +142,7 @@ def write_word2vec_text(path: str | Path, words: Sequence[str], vectors: np.ndar
         raise ValueError("word2vec text words must be non-empty and contain no spaces or newlines")
     lines = [f"{len(words)} {vectors.shape[1]}"]
     lines += [w + " " + " ".join(f"{v:.6g}" for v in row) for w, row in zip(words, vectors)]
-    atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode("utf-8"))
+    atomic_write(Path(path), ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- named sources (installed packages)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.engine.data import atomic_write_bytes
+from experiments.engine.checkpoint import atomic_write
 from experiments.report.tables import REFUSED, RefusalNotes, current_runs, measure, refusal_reason, tex_marks
 from experiments.store.results import code_version
 
@@ -67,11 +67,11 @@ def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None =
     headline = spec.options["headline"]
     table = rank_frame(df, headline, spec.experiment)
     out_dir = Path(out_dir)
-    atomic_write_bytes(out_dir / f"{spec.stem}.csv", table.to_csv(index_label="loss").encode())
+    atomic_write(out_dir / f"{spec.stem}.csv", table.to_csv(index_label="loss").encode())
     notes = RefusalNotes()
     md = _markdown(table, spec, notes)  # numbers the refusal reasons in reading order; the tex reuses them
-    atomic_write_bytes(out_dir / f"{spec.stem}.md", md.encode())
-    atomic_write_bytes(out_dir / f"{spec.stem}.tex", _latex(table, notes).encode())
+    atomic_write(out_dir / f"{spec.stem}.md", md.encode())
+    atomic_write(out_dir / f"{spec.stem}.tex", _latex(table, notes).encode())
     runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
     return {"table": str(out_dir / f"{spec.stem}.md"), "runs": int((runs["status"] == "completed").sum()),
             "failed": int((runs["status"] == "failed").sum())}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.engine.data import atomic_write_bytes
+from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
 from experiments.engine.metrics import Measure, family
 from experiments.report import converge, stats, verify
@@ -323,7 +323,7 @@ def write_paper_template(path: Path, long: pd.DataFrame, keys: list[str]) -> Non
         return
     tmpl = long[keys + ["metric"]].astype(str).drop_duplicates().assign(paper_value="")
     tmpl = tmpl.replace({"nan": "—"})
-    atomic_write_bytes(path, tmpl.to_csv(index=False).encode())
+    atomic_write(path, tmpl.to_csv(index=False).encode())
 
 
 def _with_refused(long: pd.DataFrame, refused: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
@@ -421,7 +421,7 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
         cell_keys = [tuple(str(r[k]) for k in keys) + (r["metric"],) for _, r in long.iterrows()]
         long = long.assign(paper_value=[paper.get(c, "") for c in cell_keys],
                            paper_verdict=[marks.get(tuple(map(canonical, c)), "") for c in cell_keys])
-    atomic_write_bytes(out_dir / f"{spec.stem}.csv", (long.to_csv(index=False) if not long.empty else "").encode())
+    atomic_write(out_dir / f"{spec.stem}.csv", (long.to_csv(index=False) if not long.empty else "").encode())
     measured = not long.empty and bool((long["n"] > 0).any())
     measures = {m: measure(df.attrs.get("measures", {}), m) for m in spec.metrics} if measured else {}
     notes = RefusalNotes()
@@ -429,8 +429,8 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
     footer = _footer(long, spec, measures, {**counts, **converge_facts(df, spec, out_dir)})
     if spec.footer:
         footer += list(hydra.utils.get_method(spec.footer)(spec))
-    atomic_write_bytes(out_dir / f"{spec.stem}.md", _markdown(md, spec, footer, notes.lines()).encode())
-    atomic_write_bytes(out_dir / f"{spec.stem}.tex", _latex(tex, spec, notes.lines()).encode())
+    atomic_write(out_dir / f"{spec.stem}.md", _markdown(md, spec, footer, notes.lines()).encode())
+    atomic_write(out_dir / f"{spec.stem}.tex", _latex(tex, spec, notes.lines()).encode())
     return {"table": str(out_dir / f"{spec.stem}.md"), **{k: counts[k] for k in ("runs", "failed", "refused", "stale")}}
 
 
