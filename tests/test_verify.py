@@ -459,3 +459,8 @@ def test_runs_of_another_budget_stay_out(tmp_path, capsys):
     assert list(cli._runs(results, keep_stale=True, budget=2.0)["run_id"]) == ["twice"]
     assert _main(results, results, "--budget", "0") == 2
     assert "error: budget='0': must be a number > 0" in capsys.readouterr().err
+
+
+def test_committed_tables_are_only_compared_with_the_default_profile(tmp_path, capsys):
+    assert _main(_runs(tmp_path / "a", seeds=2), "tables") == 2
+    assert "the committed tables are the default profile's, so PROFILE=smoke runs" in capsys.readouterr().err

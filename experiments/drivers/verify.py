@@ -34,6 +34,7 @@ from experiments.report.compare import REFERENCE_ONLY
 from experiments.report.tables import TableSpec, cells, measure
 from experiments.store.results import load_runs
 
+COMMITTED_PROFILE = "default"   # the profile whose tables are committed in results/tables (README)
 NAMED = {"tables": ("tables", ROOT / "results" / "tables", None, True),
          "paper": ("paper", ROOT / "results" / "paper_reference")}
 
@@ -248,6 +249,10 @@ def run(args: argparse.Namespace) -> int:
     exps = discover(args.profile, only, None, results / "work" / "discover")
     budget = factor(args.budget)
     ref = Reference.open(args.reference, args.keep_stale, budget)
+    if ref.committed and args.profile != COMMITTED_PROFILE:
+        raise UserError(f"--reference tables: the committed tables are the {COMMITTED_PROFILE} profile's, so "
+                        f"PROFILE={args.profile} runs (other epochs, seeds, grids) would differ by design; use "
+                        f"PROFILE={COMMITTED_PROFILE}, or REFERENCE=<dir> with tables or runs of the same profile")
     df = _runs(results, args.keep_stale, budget)
     found = [verify_table(spec, df, ref, args.alpha) for exp in exps for spec in exp.tables if not spec.renderer]
     judged = [v for v in found if not v.skipped]
