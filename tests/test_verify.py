@@ -464,3 +464,12 @@ def test_runs_of_another_budget_stay_out(tmp_path, capsys):
 def test_committed_tables_are_only_compared_with_the_default_profile(tmp_path, capsys):
     assert _main(_runs(tmp_path / "a", seeds=2), "tables") == 2
     assert "the committed tables are the default profile's, so PROFILE=smoke runs" in capsys.readouterr().err
+
+
+def test_margin_text_names_where_delta_came_from():
+    assert verify.margin_text("test/accuracy", Measure(True), {}) == "test/accuracy ±3 pp (default for fraction)"
+    assert verify.margin_text("test/avgk_acc@3", Measure(True), {"avgk_acc": 1.5}) == \
+        "test/avgk_acc@3 ±1.5 pp (table verify.margins)"
+    assert verify.margin_text("test/mse", Measure(False, "score", margin=2.0), {}) == \
+        "test/mse ±2 score (declared by the metric)"
+    assert verify.margin_text("test/qwk", Measure(True, "score"), {}) == "test/qwk ±5% of |reference| (default for score)"

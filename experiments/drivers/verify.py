@@ -28,7 +28,7 @@ from experiments.drivers.catalog import PROFILES, ROOT, discover
 from experiments.engine.budget import at_budget, factor
 from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
-from experiments.engine.metrics import MARGINS, RELATIVE_MARGIN, Measure
+from experiments.engine.metrics import Measure
 from experiments.report import verify
 from experiments.report.compare import REFERENCE_ONLY
 from experiments.report.tables import TableSpec, cells, measure
@@ -153,27 +153,13 @@ def verify_table(spec: TableSpec, df: pd.DataFrame, ref: Reference, alpha: float
     return out
 
 
-def margin_text(spec: TableSpec, metric: str, meaning: Measure) -> str:
-    """How δ was set for `metric`, in the table's unit."""
-    leaf = metric.split("/")[-1]
-    overrides = spec.verify.get("margins") or {}
-    given = next((overrides[k] for k in (metric, leaf, leaf.split("@")[0]) if k in overrides), None)
-    unit = "pp" if meaning.unit == "fraction" else meaning.suffix
-    if given is not None:
-        return f"{metric} ±{given:g} {unit} (table verify.margins)"
-    if meaning.margin is not None:
-        return f"{metric} ±{meaning.margin:g} {unit} (declared by the metric)"
-    if meaning.unit in MARGINS:
-        return f"{metric} ±{MARGINS[meaning.unit]:g} {unit} (default for {meaning.unit})"
-    return f"{metric} ±{RELATIVE_MARGIN:.0%} of |reference| (default for {meaning.unit})"
-
-
 def summary_line(v: Verdicts, alpha: float) -> str:
     if v.skipped:
         return f"{v.spec.stem}: skipped — {v.skipped}"
     c = verify.counts(v.judged)
     tests = " / ".join(sorted(set(v.judged["test"])))
-    margins = "; ".join(margin_text(v.spec, m, v.measures[m]) for m in v.judged["metric"].unique())
+    margins = "; ".join(verify.margin_text(m, v.measures[m], v.spec.verify.get("margins") or {})
+                        for m in v.judged["metric"].unique())
     extra = [f"{v.reference_only} reference cells not in the results"] if v.reference_only else []
     extra += [f"{v.ours_only} cells without a reference"] if v.ours_only else []
     ours, theirs = v.environments

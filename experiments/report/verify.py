@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from experiments.engine.errors import UserError
-from experiments.engine.metrics import Measure, family
+from experiments.engine.metrics import MARGINS, RELATIVE_MARGIN, Measure, family
 from experiments.report import stats
 from experiments.report.compare import BOTH, align, canonical
 
@@ -234,15 +234,31 @@ def long_reference(frame: pd.DataFrame, keys: list[str], source: str) -> pd.Data
     return out[out["mean"].notna() & (out["n"].fillna(0) > 0)]
 
 
+def override(overrides: dict[str, float], metric: str) -> float | None:
+    """A table's `verify.margins` entry for `metric`, by its full, leaf or family name (`avgk_acc` covers
+    `test/avgk_acc@3`); None when the table sets none."""
+    leaf = str(metric).split("/")[-1]
+    return next((overrides[k] for k in (metric, leaf, family(leaf)) if k in (overrides or {})), None)
+
+
 def margins(aligned: pd.DataFrame, measures: dict[str, Measure], overrides: dict[str, float]) -> list[float]:
-    """δ in raw units per aligned cell: the table's `verify.margins` (by metric, leaf or family name, in the
-    display scale), else the metric's declared Measure margin, else its unit's default."""
-    out = []
-    for _, r in aligned.iterrows():
-        leaf = str(r["metric"]).split("/")[-1]
-        override = next((overrides[k] for k in (r["metric"], leaf, family(leaf)) if k in overrides), None)
-        out.append(measures[r["metric"]].delta(float(r["mean_ref"]), override))
-    return out
+    """δ in raw units per aligned cell: the table's `verify.margins` (in the display scale), else the metric's
+    declared Measure margin, else its unit's default."""
+    return [measures[r["metric"]].delta(float(r["mean_ref"]), override(overrides, r["metric"]))
+            for _, r in aligned.iterrows()]
+
+
+def margin_text(metric: str, meaning: Measure, overrides: dict[str, float]) -> str:
+    """How δ was set for `metric`, for the outputs: `test/mae ±0.2 years (default for years)`."""
+    unit = "pp" if meaning.unit == "fraction" else meaning.suffix
+    given = override(overrides, metric)
+    if given is not None:
+        return f"{metric} ±{given:g} {unit} (table verify.margins)"
+    if meaning.margin is not None:
+        return f"{metric} ±{meaning.margin:g} {unit} (declared by the metric)"
+    if meaning.unit in MARGINS:
+        return f"{metric} ±{MARGINS[meaning.unit]:g} {unit} (default for {meaning.unit})"
+    return f"{metric} ±{RELATIVE_MARGIN:.0%} of |reference| (default for {meaning.unit})"
 
 
 def check_overrides(overrides: dict, metrics: list[str], table: str) -> dict[str, float]:
