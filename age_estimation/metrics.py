@@ -1,10 +1,11 @@
 """Age metrics in class units (= years for the age datasets, class index = age − 1).
 
-`AgeMetrics` (argmax class, as in the official code): mae, mse, and mistake_severity = mean |ŷ − y| over
-misclassified samples. `ExpectedAgeMetrics`: mae_expected / mse_expected of the expected class Σ_c c·p_c under
-the predicted distribution; a loss whose primary scores are independent per-class scores (AN, EPR, ROLE,
-two-head head B) is read through `experiments.engine.metrics.renormalised` (each row divided by its sum), and the run
-records that adaptation.
+`AgeMetrics` (argmax class, as in the official code): mae, mse, and mae_mistakes = mean |ŷ − y| over misclassified
+samples (the age form of a mistake severity; the hierarchy metrics' unitless `mistake_severity` is another
+number). `ExpectedAgeMetrics`: mae_expected / mse_expected of the expected class Σ_c c·p_c under the predicted
+distribution; a loss whose primary scores are independent per-class scores (AN, EPR, ROLE, two-head head B) is
+read through `experiments.engine.metrics.renormalised` (each row divided by its sum), and the run records that
+adaptation. Errors are in `unit` (years or classes), squared errors in its square.
 """
 from __future__ import annotations
 
@@ -15,18 +16,19 @@ from experiments.engine.metrics import EvalOutputs, Measure, Metric
 ERROR_UNITS = ("years", "classes")
 
 
-def _error_measure(unit: str) -> Measure:
+def _error_measures(unit: str) -> tuple[Measure, Measure]:
+    """(absolute error, squared error) measures in `unit`."""
     if unit not in ERROR_UNITS:
         raise ValueError(f"unit={unit!r}: choose one of {', '.join(ERROR_UNITS)}")
-    return Measure(False, unit)
+    return Measure(False, unit), Measure(False, f"{unit}²")
 
 
 class AgeMetrics(Metric):
     requires = ("ordered",)
 
     def __init__(self, unit: str = "years"):
-        err = _error_measure(unit)
-        self.measures = {"mae": err, "mse": Measure(False, "score"), "mistake_severity": err}
+        err, squared = _error_measures(unit)
+        self.measures = {"mae": err, "mse": squared, "mae_mistakes": err}
 
     def __call__(self, out: EvalOutputs, meta, state=None):
         y = out.targets.cpu().double()
@@ -35,7 +37,7 @@ class AgeMetrics(Metric):
         return {
             "mae": err.abs().mean().item(),
             "mse": err.pow(2).mean().item(),
-            "mistake_severity": err[wrong].abs().mean().item() if wrong.any() else float("nan"),
+            "mae_mistakes": err[wrong].abs().mean().item() if wrong.any() else float("nan"),
         }
 
 
@@ -45,7 +47,8 @@ class ExpectedAgeMetrics(Metric):
     adapts_independent = True
 
     def __init__(self, unit: str = "years"):
-        self.measures = {"mae_expected": _error_measure(unit), "mse_expected": Measure(False, "score")}
+        err, squared = _error_measures(unit)
+        self.measures = {"mae_expected": err, "mse_expected": squared}
 
     def __call__(self, out: EvalOutputs, meta, state=None):
         y = out.targets.cpu().double()

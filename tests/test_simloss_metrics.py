@@ -35,13 +35,13 @@ def test_age_metrics():
     assert res["mse"] == pytest.approx(sum(e * e for e in errs) / 50)
     assert res["mae_expected"] == pytest.approx(sum(abs(e) for e in exp_errs) / 50, rel=1e-5)
     assert res["mse_expected"] == pytest.approx(sum(e * e for e in exp_errs) / 50, rel=1e-5)
-    assert res["mistake_severity"] == pytest.approx(sum(wrong) / len(wrong))
+    assert res["mae_mistakes"] == pytest.approx(sum(wrong) / len(wrong))
 
 
 def test_age_metrics_all_correct():
     out = outputs(torch.eye(4) * 50, [0, 1, 2, 3])
     res = AgeMetrics()(out, meta(4)) | ExpectedAgeMetrics()(out, meta(4))
-    assert res["mae"] == 0 and res["mse"] == 0 and math.isnan(res["mistake_severity"])
+    assert res["mae"] == 0 and res["mse"] == 0 and math.isnan(res["mae_mistakes"])
     assert res["mae_expected"] < 1e-6
 
 

@@ -1,4 +1,6 @@
 """Fair tuning: the grid value is chosen on validation (never test), direction from the declared measures."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -19,7 +21,7 @@ def run(loss, value, seed, val_mae, test_mae, dataset="synthetic_age", val_acc=0
     key = {"simloss": "loss.r", "sord": "loss.scale"}.get(loss)
     row = {"experiment_name": "ordinal_age", "status": "completed", "dataset": dataset, "loss": loss, "seed": seed,
            "val/mae": val_mae, "test/mae": test_mae, "val/accuracy": val_acc, "test/accuracy": 0.3,
-           "test/cs@1": 0.2, "test/cs@2": 0.4}
+           "test/cs@1": 0.2, "test/cs@2": 0.4, "metric_info": json.dumps(MEASURES)}  # as `load_runs` gives it
     if key:
         row[key] = value
     return row

@@ -28,8 +28,8 @@ from experiments.engine.errors import UserError
 DISTRIBUTION, INDEPENDENT, LOGITS = "distribution", "independent", "logits"
 SCORE_KINDS = (DISTRIBUTION, INDEPENDENT, LOGITS)
 SCORE_NEEDS = {"ranking": SCORE_KINDS, "distribution": (DISTRIBUTION,), "set_scores": (DISTRIBUTION, INDEPENDENT)}
-UNITS = {"fraction": "%", "years": "years", "classes": "classes", "count": "count", "nats": "nats",
-         "score": "score", "ratio": "ratio"}
+UNITS = {"fraction": "%", "years": "years", "years²": "years²", "classes": "classes", "classes²": "classes²",
+         "count": "count", "nats": "nats", "score": "score", "ratio": "ratio"}
 # Equivalence margins δ of `make verify` (experiments.report.verify), in each unit's display scale: two results
 # within ±δ count as the same. Chosen from the seed spreads of the committed default-profile tables (5 seeds):
 # for rates the median seed sd is 1.7 pp and the TOST with 5 + 5 seeds can show equivalence at ±3 pp for 74 % of

@@ -13,7 +13,7 @@ import pandas as pd
 
 from experiments.engine.checkpoint import atomic_write
 from experiments.report.tables import REFUSED, RefusalNotes, current_runs, measure, refusal_reason, tex_marks
-from experiments.store.results import code_version
+from experiments.store.results import code_version, measures_of
 
 
 def only(runs: pd.DataFrame, spec) -> pd.DataFrame:
@@ -35,7 +35,7 @@ def rank_frame(df: pd.DataFrame, headline: dict[str, str], experiment: str) -> p
         if done.empty or metric not in done:
             continue
         means = pd.to_numeric(done[metric], errors="coerce").groupby(done["loss"]).mean().dropna()
-        higher = measure(df.attrs.get("measures", {}), metric).higher_is_better
+        higher = measure(measures_of(done), metric).higher_is_better
         col = means.rank(ascending=not higher, method="average").astype(object)
         for loss, reason in refusals(here).items():
             col.loc[loss] = REFUSED + reason

@@ -27,6 +27,7 @@ from experiments.engine.checkpoint import atomic_write
 from experiments.engine.metrics import Measure, family
 from experiments.report.matrix import rank_heatmap
 from experiments.report.tables import TableSpec, current_runs, summarize
+from experiments.store.results import measures_of
 
 
 @dataclass
@@ -67,7 +68,7 @@ def _canon(value) -> str:
 def _meaning(metric: str, df: pd.DataFrame) -> dict:
     """The declared unit and direction of a metric, from the runs' `metric_info` (empty when undeclared)."""
     leaf = metric.split("/")[-1]
-    measures = df.attrs.get("measures", {})
+    measures = df.attrs.get("measures") or measures_of(df)  # attrs: the figure's runs, kept through a transform
     return measures.get(leaf) or measures.get(family(leaf)) or {}
 
 
@@ -317,11 +318,12 @@ def draw_figure(df: pd.DataFrame, spec: FigureSpec):
         raise ValueError(f"figure {spec.name}: kind={spec.kind!r}; choose one of {', '.join(KINDS)}")
     runs, _, _ = current_runs(df[df["experiment_name"] == spec.experiment])
     runs = runs[runs["status"] == "completed"]
+    measures = runs.attrs["measures"] = measures_of(runs)  # the figure's own runs declare its units
     if spec.transform and len(runs):
         import hydra.utils
 
         runs = hydra.utils.get_method(spec.transform)(runs, spec)
-    runs.attrs["measures"] = df.attrs.get("measures", {})
+    runs.attrs["measures"] = measures
     for k, v in spec.where.items():  # a list keeps rows whose value is any of its items
         if k in runs:
             allowed = {_canon(x) for x in (v if isinstance(v, (list, tuple)) else [v])}

@@ -25,7 +25,7 @@ from experiments.engine.errors import UserError
 from experiments.engine.metrics import Measure, family
 from experiments.report import converge, stats, verify
 from experiments.report.compare import canonical
-from experiments.store.results import code_version, read_record
+from experiments.store.results import code_version, measures_of, read_record
 
 ALPHA = stats.ALPHA
 MARK = "†"
@@ -374,7 +374,7 @@ def cells(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, dict[str, An
     import hydra.utils
 
     done, refused, counts = _select(df, spec)
-    counts["measures"] = df.attrs.get("measures", {})
+    counts["measures"] = done.attrs["measures"] = measures_of(done)  # this table's own runs declare its units
     counts["environments"] = (done["environment"].fillna("unrecorded").value_counts().to_dict()
                               if "environment" in done else {"unrecorded": len(done)} if len(done) else {})
     if spec.transform and len(done):
@@ -423,7 +423,7 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
                            paper_verdict=[marks.get(tuple(map(canonical, c)), "") for c in cell_keys])
     atomic_write(out_dir / f"{spec.stem}.csv", (long.to_csv(index=False) if not long.empty else "").encode())
     measured = not long.empty and bool((long["n"] > 0).any())
-    measures = {m: measure(df.attrs.get("measures", {}), m) for m in spec.metrics} if measured else {}
+    measures = {m: measure(counts["measures"], m) for m in spec.metrics} if measured else {}
     notes = RefusalNotes()
     md, tex = _grid(long, spec, bool(paper), measures, notes)
     footer = _footer(long, spec, measures, {**counts, **converge_facts(df, spec, out_dir)})
