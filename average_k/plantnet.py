@@ -32,6 +32,12 @@ PLANTNET = ((0.4425, 0.4695, 0.3266), (0.2353, 0.2219, 0.2325))
 VERSIONS = {"v1.1": (1081, {"train": 243_916, "val": 31_118, "test": 31_112}), "v2.0": (1000, None)}
 
 
+def declared_sizes() -> dict:
+    """The split sizes the run plan reads (`sizes` of conf/dataset/plantnet300k.yaml): those of v1.1, the version
+    the paper profile expects, kept once in `VERSIONS`."""
+    return {**VERSIONS["v1.1"][1], "source": "Pl@ntNet-300K v1.1 train / val / test"}
+
+
 def find_split_root(root: Path) -> Path:
     for cand in (root / "images", root):
         if all((cand / s).is_dir() for s in SPLITS):

@@ -62,3 +62,31 @@ def test_reproduce_plan_flag_trains_nothing(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
     assert reproduce.main(["--profile", "paper", "--plan", "--img-per-s", "0"]) == 2
     assert "IMG_PER_S=0.0" in capsys.readouterr().err
+
+
+def _ds(**node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(node)
+
+
+def test_split_sizes_read_each_declaration_shape():
+    fixed = _ds(sizes={"train": 11, "val": 4, "test": 3, "source": "s"}, scale=0.5)
+    assert plan.split_sizes("x", fixed) == ((6, 2, 2), "s")               # ⌈5.5⌉, 2, ⌈1.5⌉
+    total = _ds(sizes={"total": 1000, "source": "t"}, fractions=[0.5, 0.3, 0.2])
+    assert plan.split_sizes("x", total) == ((500, 300, 200), "t")
+    pool = _ds(sizes={"pool": 1000, "test": 200, "classes": 10}, classes=5, val_per_class=10)
+    assert plan.split_sizes("p", pool)[0] == (450, 50, 100)                # half the classes: 500 pool, 50 held out
+    assert plan.split_sizes("x", _ds(scale=1.0)) == (None, "x: size unknown to the plan (its config declares no `sizes`)")
+
+
+def test_plantnet_sizes_are_the_ones_its_version_check_uses():
+    from average_k.plantnet import VERSIONS
+
+    sizes, source = plan.split_sizes("plantnet300k", _ds(sizes={"_target_": "average_k.plantnet.declared_sizes"}))
+    assert sizes == (243_916, 31_118, 31_112) == tuple(VERSIONS["v1.1"][1].values()) and "v1.1" in source
+
+
+def test_every_dataset_of_the_paper_profile_declares_its_sizes(paper_plan):
+    _, _, lines, _ = paper_plan
+    assert [ln for ln in lines if "size unknown" in ln] == []

@@ -3,10 +3,11 @@
     python -m experiments.drivers.plan [--profile paper] [--exp name,...] [--data-dir DIR] [--img-per-s RATE]
 
 Per experiment (and the tables it fills): every sweep's grid and run count, the maximum epochs, the image-passes
-(images a run touches: (train + val) × epochs + test, from the known dataset sizes below; early stopping can end
-a run sooner), the data and weight files it needs, present or MISSING, and with `--img-per-s` the GPU-hours
-(image-passes / rate) and, for streamed datasets, the CPU cores one GPU needs at that rate (from the images/s per
-core `make bench` measured, results/bench/bench.json). Nothing is downloaded or decoded, so it runs in seconds.
+(images a run touches: (train + val) × epochs + test, from the `sizes` each dataset config declares; early
+stopping can end a run sooner), the data and weight files it needs, present or MISSING, and with `--img-per-s`
+the GPU-hours (image-passes / rate) and, for streamed datasets, the CPU cores one GPU needs at that rate (from
+the images/s per core `make bench` measured, results/bench/bench.json). Nothing is downloaded or decoded, so it runs in
+seconds.
 """
 from __future__ import annotations
 
@@ -18,24 +19,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hydra
+from omegaconf import OmegaConf
+
 from experiments.drivers.catalog import PROFILES, discover
 from experiments.drivers.train import compose_config
 from experiments.engine.errors import UserError
 from experiments.engine.imbalance import counts_per_rank
 from experiments.engine.models import imagenet_checkpoint
 
-# Images per split of the full datasets (source in the last field). Fractions/hold-outs are applied per config.
-TOTAL_IMAGES = {
-    "utkface": (23_708, "UTKFace aligned & cropped: 23,708 images (ages 1–116; ages > 90 are dropped, a few hundred)"),
-    "afad": (165_501, "AFAD-Full: 165,501 images, ages 15–72"),
-}
-FIXED_SPLITS = {
-    "plantnet300k": ((243_916, 31_118, 31_112), "Pl@ntNet-300K v1.1 train / val / test"),
-    "cifar100_noisy": ((45_000, 5_000, 10_000), "CIFAR-100 45k / 5k split (seed 1234) and the 10k test set"),
-    "road_marking": ((1_120, 140, 140), "≈1,400 Road Marking annotations 80/10/10 before 17 classes are dropped "
-                                        "(upper bound; the kept count is unknown)"),
-}
-CIFAR_POOL = {"cifar10": (50_000, 10_000, 10), "cifar100": (50_000, 10_000, 100)}
 PLAN_PREFIXES = ("dataset", "model", "trainer")
 BENCH_JSON = Path(__file__).resolve().parents[2] / "results" / "bench" / "bench.json"
 
@@ -60,34 +52,44 @@ def sweep_values(value: str) -> list[str]:
     return out + [cur]
 
 
-def _cifar_splits(name: str, ds) -> tuple[tuple[int, int, int], str]:
-    pool, test, k = CIFAR_POOL[name]
-    if name == "cifar100" and ds.get("classes", 100) == 96:
-        pool, test, k = 48_000, 9_600, 96
+def _pool_splits(name: str, ds, declared) -> tuple[tuple[int, int, int], str]:
+    """A training pool with validation held out of it (per class or a fraction), then any imbalance; a config
+    with fewer classes than declared (CIFAR-100's 96) keeps their share of the pool and test set."""
+    k = int(ds.get("classes", declared["classes"]))
+    pool, test = (int(declared[s]) * k // int(declared["classes"]) for s in ("pool", "test"))
     val = ds.get("val_per_class", 0) * k or int(round(ds.get("val_fraction", 0.0) * pool))
     train = pool - val
     imb = ds.get("imbalance") or {}
     if imb.get("ratio", 1) != 1:
-
         train = sum(counts_per_rank(train // k, k, float(imb["ratio"]), imb.get("profile", "exp"),
                                     imb.get("counts", "ldam")))
     return (train, val, test), f"{name}: {pool:,} training images ({val:,} held out for validation, before any imbalance), {test:,} test"
 
 
+def _declared(ds) -> dict | None:
+    """The dataset's own `sizes` declaration (conf/dataset/*.yaml), built when it names a `_target_`."""
+    node = ds.get("sizes")
+    if node is None:
+        return None
+    return dict(hydra.utils.instantiate(node) if "_target_" in node else OmegaConf.to_container(node, resolve=True))
+
+
 def split_sizes(choice: str, ds) -> tuple[tuple[int, int, int] | None, str]:
-    """(train, val, test) images of a dataset config, and where the numbers come from."""
+    """(train, val, test) images of a dataset config, and where the numbers come from: the dataset's declared
+    `sizes` — a fixed split (train, val, test), a total cut by `fractions`, or a pool with a held-out validation."""
     scale = float(ds.get("scale", 1.0) or 1.0)
-    if choice in CIFAR_POOL:
-        sizes, source = _cifar_splits(choice, ds)
-    elif choice in TOTAL_IMAGES:
-        total, source = TOTAL_IMAGES[choice]
+    declared = _declared(ds)
+    if declared is None:
+        return None, f"{choice}: size unknown to the plan (its config declares no `sizes`)"
+    if "pool" in declared:
+        sizes, source = _pool_splits(choice, ds, declared)
+    elif "total" in declared:
+        total, source = int(declared["total"]), declared["source"]
         a, b = ds.get("fractions", (0.6, 0.2, 0.2))[:2]
         cut1, cut2 = int(a * total), int((a + b) * total)
         sizes = (cut1, cut2 - cut1, total - cut2)
-    elif choice in FIXED_SPLITS:
-        sizes, source = FIXED_SPLITS[choice]
     else:
-        return None, f"{choice}: size unknown to the plan"
+        sizes, source = tuple(int(declared[s]) for s in ("train", "val", "test")), declared["source"]
     return tuple(int(math.ceil(n * scale)) for n in sizes), source
 
 

@@ -25,7 +25,7 @@ SCHEMA_VERSION = 1
 # Keys that do not change what a run computes; dotted paths into the resolved config.
 VOLATILE_KEYS = (
     "results_dir", "data_dir", "debug", "optimized_metric", "sweep_values", "figures", "sweeps", "tables", "profile",
-    "dataset.root", "dataset.download", "dataset.num_workers",
+    "dataset.root", "dataset.download", "dataset.num_workers", "dataset.sizes",
     "trainer.device", "trainer.progress", "trainer.num_workers", "trainer.cpu_threads", "trainer.interrupt_after",
     "trainer.keep_checkpoint", "trainer.eval_batch_size", "trainer.claim_timeout_s",
     "trainer.keep_freed_memory",
