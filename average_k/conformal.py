@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 import torch
 
-from average_k.metrics import FIT_ON_VALIDATION, avgk_threshold, k_label, per_class_mean, nanmean
+from average_k.metrics import FIT_ON_VALIDATION, avgk_threshold, k_label
 from experiments.engine.errors import UserError
-from experiments.engine.metrics import HIGHER, EvalOutputs, Measure, Metric
+from experiments.engine.metrics import HIGHER, EvalOutputs, Measure, Metric, nanmean, per_class_mean
 
 
 RAPS_RULES = ("official", "own_rank")

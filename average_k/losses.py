@@ -20,7 +20,7 @@ from average_k.metrics import budget
 from experiments.engine.data import Batch, Meta
 from experiments.engine.errors import UserError
 from experiments.engine.loss import EngineLoss
-from experiments.losses.focal import as_float
+from experiments.engine.numeric import as_float
 
 LOG_EPS = 1e-5
 _DESCENT_BITS = 2  # `_kth_largest` looks at 2^bits·m candidates per step down its tree

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import torch
 
 from experiments.engine.errors import UserError
-from experiments.engine.metrics import HIGHER, EvalOutputs, Measure, Metric, family
+from experiments.engine.metrics import (HIGHER, EvalOutputs, Measure, Metric, family, nanmean, per_class_mean,
+                                        shot_masks, topk_hits)
 
 
 def k_label(k: float) -> str:
@@ -57,36 +58,12 @@ def avgk_accuracy(scores: torch.Tensor, targets: torch.Tensor, threshold: float)
     return (true_class_scores(scores, targets) >= threshold).double().mean().item()
 
 
-def per_class_mean(hit: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class mean of a boolean per-sample vector (NaN for classes absent from `targets`)."""
-    t = targets.long()
-    good = torch.bincount(t, weights=hit.double(), minlength=num_classes)
-    total = torch.bincount(t, minlength=num_classes).double()
-    return good / total
-
-
-def nanmean(x: torch.Tensor) -> float:
-    x = x[~torch.isnan(x)]
-    return x.mean().item() if len(x) else float("nan")
-
-
 def size_stats(sets: torch.Tensor, hist_max: int) -> dict[str, Any]:
     """Mean, median, share of empty sets and a histogram of sizes 0..hist_max (last bin: ≥ hist_max)."""
     sizes = sets.sum(dim=1)
     hist = torch.bincount(sizes.clamp(max=hist_max), minlength=hist_max + 1)
     return {"mean": sizes.double().mean().item(), "median": sizes.double().median().item(),
             "empty": (sizes == 0).double().mean().item(), "hist": hist.tolist()}
-
-
-def topk_hits(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    top = scores.topk(min(int(k), scores.shape[1]), dim=1).indices
-    return (top == targets.long()[:, None]).any(dim=1)
-
-
-def shot_masks(counts: torch.Tensor, few: int, many: int) -> dict[str, torch.Tensor]:
-    """Classes by training count: few < `few` ≤ medium ≤ `many` < many."""
-    counts = counts.long()
-    return {"few": counts < few, "medium": (counts >= few) & (counts <= many), "many": counts > many}
 
 
 def score_sources(scores: dict[str, torch.Tensor], heads: bool) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from experiments.engine.data import Meta
 from experiments.engine.errors import UserError
 from experiments.losses import (BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss)
-from experiments.losses.longtail import PostHocLogitAdjustment
+from experiments.engine.metrics import PostHocLogitAdjustment
 from experiments.engine.metrics import EvalOutputs
 
 COUNTS = [500, 120, 40, 9, 3]

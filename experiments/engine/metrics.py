@@ -18,12 +18,13 @@ and three declarations the engine reads (it never guesses meaning from a name):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 
 from experiments.engine.data import Meta
 from experiments.engine.errors import UserError
+from experiments.engine.numeric import as_float, log_prior
 
 DISTRIBUTION, INDEPENDENT, LOGITS = "distribution", "independent", "logits"
 SCORE_KINDS = (DISTRIBUTION, INDEPENDENT, LOGITS)
@@ -177,11 +178,35 @@ def check_kinds(kinds: dict[str, str], where: str) -> None:
                         f"score, including the primary `probs`")
 
 
+def per_class_mean(hit: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class mean of a per-sample boolean (hit) vector; NaN for classes absent from `targets`."""
+    t = targets.long()
+    good = torch.bincount(t, weights=hit.double(), minlength=num_classes)
+    total = torch.bincount(t, minlength=num_classes).double()
+    return good / total  # 0/0 -> nan
+
+
 def per_class_accuracy(pred: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Accuracy of each class (NaN for classes absent from `targets`)."""
-    correct = torch.bincount(targets[pred == targets], minlength=num_classes).double()
-    total = torch.bincount(targets, minlength=num_classes).double()
-    return correct / total  # 0/0 -> nan
+    return per_class_mean(pred == targets, targets, num_classes)
+
+
+def nanmean(x: torch.Tensor) -> float:
+    """Mean over the non-NaN entries; NaN when there is none (e.g. an empty shot group)."""
+    x = x[~torch.isnan(x)]
+    return x.mean().item() if len(x) else float("nan")
+
+
+def shot_masks(counts: torch.Tensor, few: float, many: float) -> dict[str, torch.Tensor]:
+    """Classes by training count (LDAM/OLTR convention): many > `many`, few < `few`, medium in between."""
+    counts = counts.double()
+    return {"many": counts > many, "medium": (counts >= few) & (counts <= many), "few": counts < few}
+
+
+def topk_hits(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Per sample: is the true class among the k highest scores (all of them when k ≥ the number of classes)?"""
+    top = scores.topk(min(int(k), scores.shape[1]), dim=1).indices
+    return (top == targets.long()[:, None]).any(dim=1)
 
 
 class Accuracy(Metric):
@@ -203,9 +228,7 @@ class TopK(Metric):
     def __call__(self, out, meta, state=None):
         res = {}
         for k in self.ks:
-            k_eff = min(k, out.logits.shape[1])
-            top = out.logits.topk(k_eff, dim=1).indices
-            res[f"top{k}_accuracy"] = (top == out.targets[:, None]).any(dim=1).double().mean().item()
+            res[f"top{k}_accuracy"] = topk_hits(out.logits, out.targets, k).double().mean().item()
         return res
 
 
@@ -223,14 +246,9 @@ class ClassAccuracy(Metric):
 
     def __call__(self, out, meta, state=None):
         acc = per_class_accuracy(out.pred, out.targets, meta.num_classes)
-        present = ~torch.isnan(acc)
-        res: dict[str, Any] = {"balanced_accuracy": acc[present].mean().item()}
-        counts = meta.class_counts.double()
-        groups = {"many": counts > self.many, "medium": (counts >= self.few) & (counts <= self.many),
-                  "few": counts < self.few}
-        for name, mask in groups.items():
-            m = mask & present
-            res[f"{name}_shot_accuracy"] = acc[m].mean().item() if m.any() else float("nan")
+        res: dict[str, Any] = {"balanced_accuracy": nanmean(acc)}
+        for name, mask in shot_masks(meta.class_counts, self.few, self.many).items():
+            res[f"{name}_shot_accuracy"] = nanmean(acc[mask])
         if self.per_class:
             res["per_class_accuracy"] = [None if torch.isnan(a) else round(a.item(), 6) for a in acc]
         return res
@@ -244,6 +262,41 @@ class PredictionHistogram(Metric):
         k = meta.num_classes
         return {"pred_hist": torch.bincount(out.pred, minlength=k).tolist(),
                 "target_hist": torch.bincount(out.targets, minlength=k).tolist()}
+
+
+class PostHocLogitAdjustment(Metric):
+    """Post-hoc logit adjustment (Menon 2021): predict argmax_y z_y − τ·log π_y with π the training prior.
+
+    Reports `la_accuracy`, `la_balanced_accuracy`, `la_{many,medium,few}_shot_accuracy` and `la_tau`.
+    `taus` (optional list): τ is chosen by validation balanced accuracy in `fit` and reused on test.
+    """
+
+    measures = {"la_tau": Measure(None, "score"), "la_accuracy": HIGHER, **{f"la_{k}": m for k, m in
+                                                                      ClassAccuracy.measures.items()}}
+
+    def __init__(self, tau: float = 1.0, taus: Sequence[float] | None = None, many: int = 100, few: int = 20):
+        self.tau = float(tau)
+        self.taus = [float(t) for t in taus] if taus else None
+        self.class_acc = ClassAccuracy(many=many, few=few, per_class=False)
+
+    def _adjusted(self, out: EvalOutputs, meta: Meta, tau: float) -> EvalOutputs:
+        z = as_float(out.logits)
+        z = z - tau * log_prior(torch.as_tensor(meta.class_counts)).to(z)
+        return EvalOutputs(outputs={"logits": z}, scores={}, targets=out.targets)
+
+    def fit(self, val: EvalOutputs, meta: Meta) -> Any:
+        if not self.taus:
+            return self.tau
+        scored = [(self.class_acc(self._adjusted(val, meta, t), meta)["balanced_accuracy"], -abs(t - 1.0), t)
+                  for t in self.taus]
+        return max(scored)[2]
+
+    def __call__(self, out: EvalOutputs, meta: Meta, state: Any = None) -> dict[str, Any]:
+        tau = self.tau if state is None else float(state)
+        adj = self._adjusted(out, meta, tau)
+        res = {"la_tau": tau, "la_accuracy": Accuracy()(adj, meta)["accuracy"]}
+        res.update({f"la_{k}": v for k, v in self.class_acc(adj, meta).items()})
+        return res
 
 
 def measure_of(metrics: dict[str, "Metric"], name: str) -> Measure | None:

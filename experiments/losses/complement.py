@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from experiments.engine.data import Batch
 from experiments.engine.errors import UserError
 from experiments.engine.loss import EngineLoss, StepFn
-from experiments.losses.focal import as_float
+from experiments.engine.numeric import as_float
 
 _NORMS = ("K_minus_1", "K")
 EPS_LOG_AS_BOUND = 1e-8  # eps_log up to this moves the loss by ≤ |γ|·eps_log: closed form, no per-class log

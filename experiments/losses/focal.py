@@ -13,20 +13,7 @@ import torch.nn.functional as F
 from experiments.engine.data import Meta
 from experiments.engine.errors import UserError
 from experiments.engine.loss import EngineLoss
-
-
-def as_float(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half/bfloat16 (autocast) logits; float64 stays float64 (exact tests)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def softplus_and_sigmoid(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softplus(s), σ(s)) from one sigmoid and one log, without the (slow on CPU) log1p/softplus kernels:
-    softplus(s) = relu(s) − log σ(|s|) with σ(|s|) = max(σ(s), 1 − σ(s)) ∈ [½, 1], so it is finite and accurate
-    (absolute error ≈ one ulp) for every finite s."""
-    sig = torch.sigmoid(s)
-    log_sig_abs = torch.maximum(torch.rsub(sig, 1), sig).log_()
-    return torch.relu(s).sub_(log_sig_abs), sig
+from experiments.engine.numeric import as_float
 
 
 class _FocalReduce(torch.autograd.Function):

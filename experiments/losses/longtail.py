@@ -5,14 +5,12 @@ drop-in): class-balanced re-weighting (Cui 2019), LDAM with deferred re-weightin
 Empty classes (n_c = 0) never produce inf/NaN: CB weight 0, LDAM margin = the largest margin, and the log-prior
 of balanced softmax / logit adjustment uses max(n_c, 1).
 
-Post-hoc logit adjustment is an evaluation-time metric, not a loss: `PostHocLogitAdjustment` (add it to the
-`metrics:` of an experiment) re-scores any run's logits as z − τ·log π and reports accuracy, balanced and
-shot-group accuracy under `la_*` names. With several `taus`, τ is chosen on the validation split and applied
-unchanged to test (never fitted on test).
+Post-hoc logit adjustment is an evaluation-time metric, not a loss: it lives with the other metrics
+(`experiments.engine.metrics.PostHocLogitAdjustment`, metric set `longtail`).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +18,8 @@ import torch.nn.functional as F
 from experiments.engine.data import Meta
 from experiments.engine.errors import UserError
 from experiments.engine.loss import EngineLoss
-from experiments.engine.metrics import HIGHER, Accuracy, ClassAccuracy, EvalOutputs, Measure, Metric
-from experiments.losses.focal import FocalLoss, as_float, focal_loss, softplus_and_sigmoid  # noqa: F401 (re-export)
+from experiments.engine.numeric import as_float, log_prior, softplus_and_sigmoid
+from experiments.losses.focal import FocalLoss, focal_loss  # noqa: F401 (FocalLoss re-exported)
 
 
 def class_balanced_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
@@ -47,11 +45,6 @@ def ldam_margins(counts: torch.Tensor, max_m: float) -> torch.Tensor:
     m = torch.where(present, n.clamp_min(1) ** -0.25, torch.zeros_like(n))
     m = m * (max_m / m.max())
     return torch.where(present, m, torch.full_like(m, max_m))
-
-
-def log_prior(counts: torch.Tensor) -> torch.Tensor:
-    n = counts.double().clamp_min(1)
-    return (n / n.sum()).log()
 
 
 class _CountsLoss(EngineLoss):
@@ -236,38 +229,3 @@ class LogitAdjustedLoss(_CountsLoss):
         self._require(logits)
         z = as_float(logits)
         return F.cross_entropy(z + self.adjustment.to(z), target)
-
-
-class PostHocLogitAdjustment(Metric):
-    """Post-hoc logit adjustment (Menon 2021): predict argmax_y z_y − τ·log π_y with π the training prior.
-
-    Reports `la_accuracy`, `la_balanced_accuracy`, `la_{many,medium,few}_shot_accuracy` and `la_tau`.
-    `taus` (optional list): τ is chosen by validation balanced accuracy in `fit` and reused on test.
-    """
-
-    measures = {"la_tau": Measure(None, "score"), "la_accuracy": HIGHER, **{f"la_{k}": m for k, m in
-                                                                      ClassAccuracy.measures.items()}}
-
-    def __init__(self, tau: float = 1.0, taus: Sequence[float] | None = None, many: int = 100, few: int = 20):
-        self.tau = float(tau)
-        self.taus = [float(t) for t in taus] if taus else None
-        self.class_acc = ClassAccuracy(many=many, few=few, per_class=False)
-
-    def _adjusted(self, out: EvalOutputs, meta: Meta, tau: float) -> EvalOutputs:
-        z = as_float(out.logits)
-        z = z - tau * log_prior(torch.as_tensor(meta.class_counts)).to(z)
-        return EvalOutputs(outputs={"logits": z}, scores={}, targets=out.targets)
-
-    def fit(self, val: EvalOutputs, meta: Meta) -> Any:
-        if not self.taus:
-            return self.tau
-        scored = [(self.class_acc(self._adjusted(val, meta, t), meta)["balanced_accuracy"], -abs(t - 1.0), t)
-                  for t in self.taus]
-        return max(scored)[2]
-
-    def __call__(self, out: EvalOutputs, meta: Meta, state: Any = None) -> dict[str, Any]:
-        tau = self.tau if state is None else float(state)
-        adj = self._adjusted(out, meta, tau)
-        res = {"la_tau": tau, "la_accuracy": Accuracy()(adj, meta)["accuracy"]}
-        res.update({f"la_{k}": v for k, v in self.class_acc(adj, meta).items()})
-        return res
