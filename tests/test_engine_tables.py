@@ -158,15 +158,20 @@ def test_stale_refused_and_unpaired_runs(toy, tmp_path, capsys):
     assert csv.loc[0.7, "n"] == 0 and "ordered classes" in csv.loc[0.7, "refused"]
 
 
-def test_only_stale_runs_are_shown_as_one_version(tmp_path, capsys):
+def test_only_stale_runs_are_left_out_unless_kept_then_marked(tmp_path, capsys):
     for seed, (a, b) in enumerate(zip(BASE, BETTER)):
         _write(tmp_path, f"a{seed}", 0.0, seed, a, version="v1")
         _write(tmp_path, f"b{seed}", 0.5, seed, b, version="v1")
-    _write(tmp_path, "v2", 0.5, 0, 0.99, version="v2")
-    render(load_runs(tmp_path), _spec(), tmp_path / "tables")
-    md = (tmp_path / "tables" / "toy.md").read_text()
-    assert "No run was made by the current code; shown: code_version v1." in md
-    assert "70.33 ± 1.53 (3)" in md and "Stale runs left out (another code version): 1." in md
+    _write(tmp_path, "v2", 0.5, 9, 0.99, version="v2")
+    df = load_runs(tmp_path)
+    render(df, _spec(), tmp_path / "strict")
+    md = (tmp_path / "strict" / "toy.md").read_text()
+    assert "No completed runs yet." in md and "Stale runs left out (another code version): 7." in md
+    df.attrs["keep_stale"] = True
+    render(df, _spec(), tmp_path / "kept")
+    md = (tmp_path / "kept" / "toy.md").read_text()
+    assert "| 0.0 | 51.00 ± 1.00 (3)§ |" in md and "Stale runs left out (another code version): 0." in md
+    assert "their code versions: v1, v2 (" in md and "v1 (6 runs), v2 (1 runs)." in md
 
 
 def test_paired_table_finds_what_the_welch_table_misses(tmp_path):

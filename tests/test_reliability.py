@@ -233,7 +233,7 @@ def test_checkpoint_of_other_code_is_not_resumed(compose, tmp_path, monkeypatch)
     from experiments.drivers.train import run
 
     _interrupted_after_one_epoch(compose, tmp_path / "a")
-    monkeypatch.setattr(store, "code_version", lambda: "edited")
+    monkeypatch.setattr(store, "code_version", lambda resolved=None: "edited")
     logs = []
     rec = run(*compose(*SMALL, f"results_dir={tmp_path / 'a'}"), log=logs.append)
     assert any("not resuming" in line and "other code or data" in line for line in logs)
@@ -263,10 +263,10 @@ def test_corrupt_checkpoint_module_functions(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- changed code
 def test_run_of_other_code_version_is_stale_and_rerun(compose, train_run, results_dir, monkeypatch):
-    monkeypatch.setattr(store, "code_version", lambda: "v1")
+    monkeypatch.setattr(store, "code_version", lambda resolved=None: "v1")
     first = train_run()
     assert first["code_version"] == "v1" and train_run().get("skipped")
-    monkeypatch.setattr(store, "code_version", lambda: "v2")
+    monkeypatch.setattr(store, "code_version", lambda resolved=None: "v2")
     from experiments.drivers.train import run
 
     logs = []

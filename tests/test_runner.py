@@ -51,7 +51,8 @@ def test_a_refused_config_gets_a_refused_record_and_counts_as_done(tmp_path, dat
     record = json.loads(point.path.read_text())
     assert record["status"] == "refused" and record["error"] == result["error"]
     assert record["run_id"] == point.run_id and record["seed"] == 0 and record["dataset"] == "synthetic_cifar10"
-    assert record["code_version"] == store.code_version() and record["config"]["metric_sets"] == ["ordinal"]
+    assert record["code_version"] == store.code_version(record["config"])
+    assert record["config"]["metric_sets"] == ["ordinal"]
     assert [p.state for p in runner.plan([exp], "smoke", tmp_path)] == ["refused"]
 
 

@@ -16,7 +16,7 @@ from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
 from experiments.report.plots import FigureSpec
 from experiments.report.tables import TableSpec
-from experiments.store.results import CODE_DIRS
+from experiments.store import versions as code_versions
 
 ROOT = CONF_DIR.parent
 PROFILES = tuple(sorted(p.stem for p in (CONF_DIR / "profile").glob("*.yaml")))
@@ -58,11 +58,13 @@ def discover(profile: str, only: list[str] | None, data_dir: str | None,
              cache_dir: Path | None = None) -> list[Experiment]:
     """The experiments with a main table in `profile` (those in `only`, if given), their sweeps, tables and figures.
     With `cache_dir`, the result is kept in `<cache_dir>/<key>.pkl`, the key covering the arguments, the config
-    tree and the source code (composing every experiment costs seconds; a no-op re-run should not pay it)."""
+    tree and the code this module runs to build it (its import closure, experiments.store.versions: a loss or a
+    comment edited elsewhere keeps the cache; composing every experiment costs seconds, a no-op re-run should not
+    pay it)."""
     if cache_dir is None:
         return _discover(profile, only, data_dir)
-    sources = "".join(runner.digest_file(p) for d in CODE_DIRS for p in sorted((ROOT / d).rglob("*.py")))
-    path = cache_dir / f"{runner.digest(repr((profile, only, data_dir, runner.conf_digest(), sources)))}.pkl"
+    code = code_versions.CURRENT.of_modules([__name__]).version
+    path = cache_dir / f"{runner.digest(repr((profile, only, data_dir, runner.conf_digest(), code)))}.pkl"
     try:
         return pickle.loads(path.read_bytes())
     except Exception:  # noqa: BLE001 — missing, truncated or foreign: compose again and overwrite it

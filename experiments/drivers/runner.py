@@ -24,17 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from experiments.drivers.train import CONF_DIR, compose_config, run
+from experiments.drivers.train import CONF_DIR, RunSpec, compose_config, run_spec
 from experiments.engine.budget import apply_budget
 from experiments.engine.errors import RunFailed, UserError
 from experiments.store import results as store
+from experiments.store import versions as code_versions
 
 
 @dataclass
 class Point:
-    """One config of a sweep: its overrides and, once planned, its run id, dataset key and state."""
+    """One config of a sweep: its overrides and, once planned, its run id, dataset key and state; `carried` is
+    its composed config when the planner composed it (so the worker does not compose it again)."""
     exp: str
     experiment_name: str
     results_dir: Path
@@ -44,7 +46,9 @@ class Point:
     run_id: str = ""
     dataset_key: str = ""
     state: str = "pending"      # pending | done | refused | duplicate | error
+    why: str = ""               # of a pending one: missing | stale | failed (RECORD_STATES)
     error: str = ""
+    carried: tuple[dict, dict, str] | None = None   # (resolved config, group choices, run id)
 
     @property
     def path(self) -> Path:
@@ -125,21 +129,27 @@ def _one_line(e: BaseException) -> str:
     return text if isinstance(e, (UserError, RunFailed)) else f"{type(e).__name__}: {text}"
 
 
-def record_state(record: dict | None) -> str:
-    """`done` (finished by the current code), `refused` (refused by the current code) or `pending`."""
-    if store.is_finished(record):
-        return "done"
-    if record and record.get("status") == "refused" and record.get("code_version") == store.code_version():
-        return "refused"
-    return "pending"
+RECORD_STATES = ("done", "refused", "stale", "failed", "missing")
+TO_RUN = ("stale", "failed", "missing")
+
+
+def record_state(record: dict | None, version: str | None = None) -> str:
+    """What a config's record says (RECORD_STATES): `done` or `refused` by the current code (`version` for its
+    config, computed from the record's config when not given), `stale` (completed or refused by other code),
+    `failed`, or `missing` (no readable record)."""
+    status = (record or {}).get("status")
+    if status not in ("completed", "refused", "failed"):
+        return "missing"
+    if status == "failed":
+        return "failed"
+    current = version or store.code_version(record.get("config") or {})
+    if record.get("code_version") != current:
+        return "stale"
+    return "done" if status == "completed" else "refused"
 
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def digest_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def conf_digest() -> str:
@@ -154,16 +164,18 @@ def conf_digest() -> str:
 
 class PlanCache:
     """Run id and dataset key of every config composed before, by its overrides, in
-    `<results_dir>/work/plan/<key>.json`; the key covers all that can change them: the engine (`code_version`),
-    the config tree (`conf_digest`), this module, and the Hydra and OmegaConf versions. Saves composing finished
+    `<results_dir>/work/plan/<key>.json`; the key covers all that can change them: the code composing a config
+    (the import closure of this module, experiments.store.versions: this module, the one-run driver whose
+    resolvers the config uses, the engine and the store; not the losses, whose edits leave every run id as it
+    was), the config tree (`conf_digest`), and the Hydra and OmegaConf versions. Saves composing finished
     configs again."""
 
     def __init__(self, results_dir: Path) -> None:
         import hydra
         import omegaconf
 
-        key = digest(f"{store.code_version()} {conf_digest()} {digest(Path(__file__).read_text())} "
-                      f"{hydra.__version__} {omegaconf.__version__}")
+        code = code_versions.CURRENT.of_modules([__name__]).version
+        key = digest(f"{code} {conf_digest()} {hydra.__version__} {omegaconf.__version__}")
         self.path = Path(results_dir) / "work" / "plan" / f"{key}.json"
         self.entries: dict[str, list[str]] = self._read()
         self.added: dict[str, list[str]] = {}
@@ -175,12 +187,14 @@ class PlanCache:
             return {}
 
     def identify(self, point: Point, composer: Composer) -> None:
-        """Set the point's run id and dataset key, from the cache or by composing it (as `run` computes them)."""
+        """Set the point's run id and dataset key, from the cache or by composing it (then the composed config
+        is carried to the worker that runs it)."""
         key = digest("\0".join(point.overrides))
         if key not in self.entries:
-            resolved = OmegaConf.to_container(composer(point.overrides)[0], resolve=True)
-            dataset = json.dumps(resolved.get("dataset"), sort_keys=True, default=str)
-            self.added[key] = self.entries[key] = [store.compute_run_id(resolved), digest(dataset)]
+            spec = RunSpec.of(*composer(point.overrides))
+            dataset = json.dumps(spec.resolved.get("dataset"), sort_keys=True, default=str)
+            self.added[key] = self.entries[key] = [spec.run_id, digest(dataset)]
+            point.carried = (spec.resolved, spec.choices, spec.run_id)
         point.run_id, point.dataset_key = self.entries[key]
 
     def save(self) -> None:
@@ -202,47 +216,61 @@ def plan(experiments: Iterable[Any], profile: str, results_dir: Path) -> list[Po
             p.state = "duplicate"
             continue
         seen.add((p.experiment_name, p.run_id))
-        p.state = record_state(store.read_record(p.path))
+        state = record_state(store.read_record(p.path))
+        p.state, p.why = ("pending", state) if state in TO_RUN else (state, "")
+    for p in points:
+        if p.state != "pending":
+            p.carried = None
     cache.save()
     return points
 
 
-def refused_record(cfg: DictConfig, choices: dict[str, str], error: str) -> dict:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {"schema": store.SCHEMA_VERSION, "run_id": store.compute_run_id(resolved),
+def refused_record(spec: RunSpec, error: str) -> dict:
+    cfg, choices = spec.cfg, spec.choices
+    return {"schema": store.SCHEMA_VERSION, "run_id": spec.run_id,
             "experiment_name": cfg.experiment_name, "dataset": choices.get("dataset"), "model": choices.get("model"),
-            "loss": choices.get("loss"), "seed": cfg.seed, "choices": choices, "config": resolved,
-            "status": "refused", "error": error, "code_version": store.code_version(),
-            "git_commit": store.git_commit()}
+            "loss": choices.get("loss"), "seed": cfg.seed, "choices": choices, "config": spec.resolved,
+            "status": "refused", "error": error, "code_version": store.code_version(spec.resolved),
+            "code_files": store.code_files(spec.resolved), "git_commit": store.git_commit()}
 
 
-def _record_refusal(cfg: DictConfig, choices: dict[str, str], error: str) -> str:
+def _record_refusal(spec: RunSpec, error: str) -> str:
     try:
-        record = refused_record(cfg, choices, error)
-        store.write_record(store.run_json_path(cfg.results_dir, cfg.experiment_name, record["run_id"]), record)
+        record = refused_record(spec, error)
+        store.write_record(store.run_json_path(spec.cfg.results_dir, spec.cfg.experiment_name, spec.run_id), record)
     except Exception as e:  # noqa: BLE001 — the refusal is still reported; only its record is missing
         return f"{error} (its record could not be written: {_one_line(e)})"
     return error
 
 
-def execute(overrides: list[str], composer: Composer) -> dict:
+def _spec(overrides: list[str], composer: Composer, carried: tuple[dict, dict, str] | None) -> RunSpec:
+    """The config to run, progress bar off: the one the planner composed (`carried`), or composed here."""
+    if carried is not None:
+        resolved, choices, run_id = carried
+        resolved["trainer"]["progress"] = "off"
+        return RunSpec.carried(resolved, choices, run_id)
+    cfg, choices = composer(overrides)
+    with open_dict(cfg):
+        cfg.trainer.progress = "off"
+    return RunSpec.of(cfg, choices)
+
+
+def execute(overrides: list[str], composer: Composer, carried: tuple[dict, dict, str] | None = None) -> dict:
     """Run one config in this process (a worker): its status, wall time, training-epoch time and error."""
     t0 = time.perf_counter()
     try:
-        cfg, choices = composer(overrides)
+        spec = _spec(overrides, composer, carried)
     except Exception as e:  # noqa: BLE001
         return {"status": "failed", "error": _one_line(e), "train_s": 0.0, "wall_s": time.perf_counter() - t0}
-    with open_dict(cfg):
-        cfg.trainer.progress = "off"
     out: dict[str, Any] = {"status": "failed", "error": "", "train_s": 0.0}
     try:
-        record = run(cfg, choices, log=lambda *a, **k: None)
+        record = run_spec(spec, log=lambda *a, **k: None)
         out["status"] = "skipped" if record.get("skipped") else record.get("status", "failed")
         out["signal"] = record.get("signal")
         out["train_s"] = 0.0 if record.get("skipped") else sum(h.get("time_s", 0.0) for h in record["history"])
     except UserError as e:
         out.update(status="refused", error=_one_line(e))
-        out["error"] = _record_refusal(cfg, choices, out["error"])
+        out["error"] = _record_refusal(spec, out["error"])
     except Exception as e:  # noqa: BLE001 — any crash is this config's failure; the worker serves the next
         out["error"] = _one_line(e)
     out["wall_s"] = time.perf_counter() - t0
@@ -260,8 +288,8 @@ def _serve(wid: int, inbox: Any, outbox: Any) -> None:
                 continue
             if task is None:
                 break
-            index, overrides = task
-            result = execute(overrides, composer)
+            index, overrides, carried = task
+            result = execute(overrides, composer, carried)
             outbox.put((wid, index, result))
             if result.get("signal"):
                 break
@@ -297,7 +325,8 @@ class Pool:
 
     def send(self, worker: Worker, index: int, point: Point) -> None:
         worker.task, worker.key = index, point.dataset_key
-        worker.inbox.put((index, point.overrides))
+        worker.inbox.put((index, point.overrides, point.carried))
+        point.carried = None   # a config sent again (claimed elsewhere meanwhile) is composed by its worker
 
     def close(self, interrupted: bool = False, grace_s: float = 15.0) -> None:
         """Stop the workers: idle ones after their last config; on interruption at once (SIGTERM: a run stops
@@ -470,7 +499,7 @@ class Driver:
             if due > time.time():
                 continue
             del self.waiting[index]
-            if record_state(store.read_record(self.points[index].path)) == "pending":
+            if record_state(store.read_record(self.points[index].path)) in TO_RUN:
                 return index
             self.finish(index, {"status": "skipped", "wall_s": 0.0, "train_s": 0.0})
         return None

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -78,16 +78,38 @@ def _validated(cfg: DictConfig) -> tuple[TrainerConfig, OptimConfig, Schedule]:
 
 
 # ---------------------------------------------------------------------- one run
-def _done(path: Path, label: str, log, notes: bool = True) -> dict | None:
-    """The record at `path` if the current code finished it (marked `skipped`); else None, saying why a
-    completed one is re-run."""
+@dataclass(frozen=True)
+class RunSpec:
+    """One run's config, composed once, with what is derived from it once and carried from there (planner,
+    worker, `run`, its record or refusal record): the resolved config, the group choices, the run id."""
+    cfg: DictConfig
+    choices: dict[str, str]
+    resolved: dict
+    run_id: str
+
+    @classmethod
+    def of(cls, cfg: DictConfig, choices: dict[str, str] | None = None) -> "RunSpec":
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        return cls(cfg, dict(choices or {}), resolved, store.compute_run_id(resolved))
+
+    @classmethod
+    def carried(cls, resolved: dict, choices: dict[str, str], run_id: str) -> "RunSpec":
+        """The spec of a config composed and identified elsewhere (the planner), rebuilt without composing."""
+        cfg = OmegaConf.create(resolved)
+        OmegaConf.set_struct(cfg, True)   # as Hydra hands it over: a misspelt key fails instead of reading None
+        return cls(cfg, dict(choices), resolved, run_id)
+
+
+def _done(path: Path, label: str, version: str, log, notes: bool = True) -> dict | None:
+    """The record at `path` if the current code (`version` for this config) finished it (marked `skipped`); else
+    None, saying why a completed one is re-run."""
     previous = store.read_record(path, warn_unreadable=notes)
-    if store.is_finished(previous):
+    if store.is_finished(previous, version):
         log(f"already done: {label} ({path})")
         return {**previous, "skipped": True}
     if notes and previous is not None and previous.get("status") == "completed":
         log(f"stale: {label} was completed by code version {previous.get('code_version')}, the code is now "
-            f"{store.code_version()}; re-running it")
+            f"{version}; re-running it")
     return None
 
 
@@ -110,7 +132,7 @@ def _new_record(base: dict, data) -> dict[str, Any]:
     summary = data.summary()
     fingerprint = summary["fingerprint"] if "fingerprint" in summary else getattr(data, "fingerprint", None)
     return {**base, "metrics": {}, "details": {}, "history": [], "selected_epoch": None, "status": "running",
-            "duration_s": None, "git_commit": store.git_commit(), "code_version": store.code_version(),
+            "duration_s": None, "git_commit": store.git_commit(),
             "data_fingerprint": fingerprint, "versions": store.versions(), "device": None, "data": summary,
             "started_at": _dt.datetime.now().isoformat(timespec="seconds")}
 
@@ -124,17 +146,22 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, log=print) -> di
     Raises UserError for bad input (nothing written), RunFailed after writing a `failed` record (or when even
     that could not be written).
     """
-    choices = choices or {}
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return run_spec(RunSpec.of(cfg, choices), log)
+
+
+def run_spec(spec: RunSpec, log=print) -> dict[str, Any]:
+    """`run` of a config composed and identified once (`RunSpec`)."""
+    cfg, choices, resolved, run_id = spec.cfg, spec.choices, spec.resolved, spec.run_id
     tcfg, ocfg, schedule = _validated(cfg)
-    run_id = store.compute_run_id(resolved)
+    version = store.code_version(resolved)
     results_dir, label = Path(cfg.results_dir), f"{cfg.experiment_name}/{run_id}"
     path = store.run_json_path(results_dir, cfg.experiment_name, run_id)
-    if (done := _done(path, label, log)) is not None:
+    if (done := _done(path, label, version, log)) is not None:
         return done
     base = {"schema": store.SCHEMA_VERSION, "run_id": run_id, "experiment_name": cfg.experiment_name,
             "dataset": choices.get("dataset"), "model": choices.get("model"), "loss": choices.get("loss"),
-            "seed": cfg.seed, "config": resolved, "choices": choices, "pairing": pairing_key(resolved)}
+            "seed": cfg.seed, "config": resolved, "choices": choices, "pairing": pairing_key(resolved),
+            "code_version": version, "code_files": store.code_files(resolved)}
     claim = Claim(store.claim_path(results_dir, cfg.experiment_name, run_id), tcfg.claim_timeout_s)
     try:
         holder = claim.acquire()
@@ -146,7 +173,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, log=print) -> di
     try:
         if claim.took_over is not None:
             log(f"taking over {label} from {claim.took_over.describe()}: its claim is stale")
-        if (done := _done(path, label, log, notes=False)) is not None:
+        if (done := _done(path, label, version, log, notes=False)) is not None:
             return done
         with StopSignals() as signals:
             record = _train(cfg, base, path, (tcfg, ocfg, schedule), claim, signals, log)

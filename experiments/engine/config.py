@@ -63,17 +63,24 @@ def _load_set(name: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def metric_set_names(cfg: DictConfig | dict) -> list[tuple[str, bool]]:
+    """The metric sets a run reads (conf/metrics/<name>.yaml), each with whether it was asked for by name: root
+    `metric_sets` (explicit) or else the dataset's `metric_sets`, then `extra_metric_sets` (defaults). Also read
+    from a resolved config, to version the files a run reads (experiments.store.versions)."""
+    chosen = cfg.get("metric_sets")
+    names = chosen if chosen is not None else ((cfg.get("dataset") or {}).get("metric_sets") or ["classification"])
+    if isinstance(names, str):
+        names = [names]
+    extra = [n for n in (cfg.get("extra_metric_sets") or []) if n not in names]
+    return [(str(n), chosen is not None) for n in names] + [(str(n), False) for n in extra]
+
+
 def metric_specs(cfg: DictConfig) -> dict[str, MetricSpec]:
     """The metrics of a run: the sets named by root `metric_sets` (explicit) or else the dataset's
     `metric_sets` (defaults), plus `extra_metric_sets` (defaults), then root `metrics` entries merged over them
     by name (explicit; `null` drops one)."""
-    chosen = cfg.get("metric_sets")
-    names = chosen if chosen is not None else (cfg.dataset.get("metric_sets") or ["classification"])
-    if isinstance(names, str):
-        names = [names]
-    extra = [n for n in (cfg.get("extra_metric_sets") or []) if n not in names]
     raw: dict[str, tuple[Any, bool, str]] = {}
-    for set_name, explicit in [(n, chosen is not None) for n in names] + [(n, False) for n in extra]:
+    for set_name, explicit in metric_set_names(cfg):
         for key, node in _load_set(str(set_name)).items():
             raw[str(key)] = (node, explicit, str(set_name))
     for key, node in (cfg.get("metrics") or {}).items():

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from experiments.engine.checkpoint import atomic_write
-from experiments.report.tables import REFUSED, RefusalNotes, current_runs, measure, refusal_reason, tex_marks
-from experiments.store.results import code_version, measures_of
+from experiments.report.tables import (REFUSED, RefusalNotes, code_versions_of, current_runs, measure, refusal_reason,
+                                       tex_marks, version_lines)
+from experiments.store.results import measures_of
 
 
 def only(runs: pd.DataFrame, spec) -> pd.DataFrame:
@@ -69,7 +70,9 @@ def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None =
     out_dir = Path(out_dir)
     atomic_write(out_dir / f"{spec.stem}.csv", table.to_csv(index_label="loss").encode())
     notes = RefusalNotes()
-    md = _markdown(table, spec, notes)  # numbers the refusal reasons in reading order; the tex reuses them
+    current, _, kept = current_runs(df[df["experiment_name"] == spec.experiment])
+    versions = version_lines(code_versions_of(current[current["status"] == "completed"]), kept)
+    md = _markdown(table, spec, notes, versions)  # numbers the refusal reasons in reading order; the tex reuses them
     atomic_write(out_dir / f"{spec.stem}.md", md.encode())
     atomic_write(out_dir / f"{spec.stem}.tex", _latex(table, notes).encode())
     runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
@@ -77,7 +80,7 @@ def render_ranks(df: pd.DataFrame, spec, out_dir: Path, paper_dir: Path | None =
             "failed": int((runs["status"] == "failed").sum())}
 
 
-def _markdown(table: pd.DataFrame, spec, notes: RefusalNotes) -> str:
+def _markdown(table: pd.DataFrame, spec, notes: RefusalNotes, versions: list[str] = ()) -> str:
     lines = [f"# {spec.title or spec.stem}", ""]
     if table.empty:
         lines.append("No completed runs yet.")
@@ -89,8 +92,7 @@ def _markdown(table: pd.DataFrame, spec, notes: RefusalNotes) -> str:
     headline = spec.options["headline"]
     lines += ["", "Rank 1 = best mean over seeds of: " + ", ".join(f"{d}: {m}" for d, m in headline.items())
               + " (direction as each metric declares it; ties share the average rank). Mean rank over the datasets"
-              " where the loss ran; losses that run on fewer datasets are listed after the others.",
-              f"Runs made by code version {code_version()} (experiments.store.results.code_version)."]
+              " where the loss ran; losses that run on fewer datasets are listed after the others.", *versions]
     return "\n".join(lines) + "\n"
 
 

@@ -4,12 +4,15 @@ A table spec (the `tables.<name>` node of an experiment config) says which run c
 columns, which metrics fill the cells and which row/column is the baseline. Comparisons with the baseline are
 paired on `pair_on` (default: the seed) or unpaired (`test: welch`), with a 95 % interval, Holm–Bonferroni
 adjusted p-values per metric and the minimum detectable effect (experiments.report.stats, docs/statistics.md). Only
-runs of one code version enter a table. Every number is recomputable from `load_runs(results_dir)` alone.
-Outputs `results/tables/<experiment>[_<name>].{md,tex,csv}`.
+runs of the current code enter a table (each run's own code version, experiments.store.versions), unless stale
+ones are kept on request (KEEP_STALE=1), their cells marked §. Every number is recomputable from
+`load_runs(results_dir)` alone. Outputs `results/tables/<experiment>[_<name>].{md,tex,csv}` and
+`<table>.versions.json` (the code versions of its runs and what each was computed from).
 """
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import sys
@@ -25,6 +28,7 @@ from experiments.engine.errors import UserError
 from experiments.engine.metrics import Measure, family
 from experiments.report import converge, stats, verify
 from experiments.report.compare import canonical
+from experiments.store import versions as code_versions
 from experiments.store.results import code_version, measures_of, read_record
 
 ALPHA = stats.ALPHA
@@ -153,6 +157,8 @@ def _cell(g: pd.DataFrame, base: pd.DataFrame | None, metric: str, spec: TableSp
     if base is not None:
         found = stats.compare(_by_pair(g, metric, spec), _by_pair(base, metric, spec), spec.test, ALPHA)
         rec.update({k: v for k, v in found.as_dict().items() if k != "sd"}, n_base=len(_values(base, metric)))
+    if "stale" in g and g["stale"].any():
+        rec["n_stale"] = int(g.loc[g[metric].notna(), "stale"].sum())
     return rec
 
 
@@ -183,39 +189,62 @@ def summarize(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     return _holm(pd.DataFrame(records)).astype({"n_base": "Int64", "n_pairs": "Int64"})
 
 
-def current_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, str | None]:
-    """The runs of one code version: those of the current code when a completed one exists, else those of
-    the version most completed runs have (runs without `code_version` are stale). Returns (runs, number left
-    out, the version shown when it is not the current one)."""
-    if runs.empty:
-        return runs, 0, None
-    versions = _provenance(runs)["code_version"].fillna("")
-    done = versions[runs["status"] == "completed"]
-    if done.empty:
-        return runs, 0, None
-    now = code_version()
-    keep = now if (done == now).any() else done.value_counts().index[0]
-    kept = runs[versions == keep]
-    return kept, len(runs) - len(kept), None if keep == now else (keep or "none")
+STALE_MARK = "§"   # a cell with a run of code that changed since (kept with KEEP_STALE=1)
+
+
+def current_runs(runs: pd.DataFrame, keep_stale: bool | None = None) -> tuple[pd.DataFrame, int, list[str]]:
+    """The runs made by the current code: each run's recorded `code_version` equals the version the current code
+    gives its config (experiments.store.versions); a run of changed code is stale. Stale runs are left out, or,
+    with `keep_stale` (default: the frame's `attrs["keep_stale"]`, set by `make reproduce-table KEEP_STALE=1`),
+    kept with a True `stale` column. Returns (runs, number left out, the code versions of the stale runs kept).
+    Runs without a record to read (no `path`) are taken as they come."""
+    if runs.empty or "path" not in runs:
+        return runs, 0, []
+    keep_stale = bool(runs.attrs.get("keep_stale", False)) if keep_stale is None else keep_stale
+    made = _provenance(runs)
+    now = {deps: code_versions.CURRENT.of_deps(deps).version for deps in made["deps"].dropna().unique()}
+    stale = made["code_version"].isna() | (made["code_version"] != made["deps"].map(now))
+    if keep_stale:
+        return runs.assign(stale=stale), 0, sorted(set(made.loc[stale, "code_version"].fillna("none")))
+    return runs[~stale], int(stale.sum()), []
+
+
+def code_versions_of(runs: pd.DataFrame) -> dict[str, int]:
+    """Each code version among `runs` (read from their records) and how many of them it made."""
+    return {version: entry["runs"] for version, entry in version_deps(runs).items()}
+
+
+def version_deps(runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Each code version among `runs`, its number of runs and the deps it was computed from (targets and metric
+    sets, experiments.store.versions.Deps): what `<table>.versions.json` records, so that
+    tests/test_committed_results.py can recompute every version a committed table was made by."""
+    if runs.empty or "path" not in runs:
+        return {}
+    made = _provenance(runs)
+    out = {}
+    for version, group in made.groupby(made["code_version"].fillna("none"), sort=True):
+        deps = sorted({(d.targets, d.metric_sets) for d in group["deps"].dropna()})
+        out[str(version)] = {"runs": len(group), "deps": [[list(t), list(m)] for t, m in deps]}
+    return out
 
 
 @functools.lru_cache(maxsize=None)
-def _record_provenance(path: str, mtime_ns: int) -> tuple[str | None, float]:
+def _record_provenance(path: str, mtime_ns: int) -> tuple[str | None, float, code_versions.Deps | None]:
     rec = read_record(Path(path)) or {}
     history = rec.get("history")
-    return rec.get("code_version"), float(len(history)) if isinstance(history, list) else np.nan
+    deps = code_versions.deps_of(rec["config"]) if isinstance(rec.get("config"), dict) else None
+    return rec.get("code_version"), float(len(history)) if isinstance(history, list) else np.nan, deps
 
 
 def _provenance(runs: pd.DataFrame) -> pd.DataFrame:
-    """`code_version` and the number of `history` epochs of each run: columns when `load_runs` gives them,
-    else read from the run JSONs (cached per file version)."""
-    if "code_version" in runs and "epochs_run" in runs:
-        return runs[["code_version", "epochs_run"]]
+    """`code_version`, the number of `history` epochs and the version deps of each run, read from the run JSONs
+    (cached per file version)."""
+    columns = ["code_version", "epochs_run", "deps"]
     if "path" not in runs:
-        return pd.DataFrame({"code_version": None, "epochs_run": np.nan}, index=runs.index)
-    rows = [_record_provenance(p, Path(p).stat().st_mtime_ns) if Path(p).exists() else (None, np.nan)
+        return pd.DataFrame({"code_version": None, "epochs_run": np.nan, "deps": None}, index=runs.index)
+    rows = [_record_provenance(p, Path(p).stat().st_mtime_ns) if Path(p).exists() else (None, np.nan, None)
             for p in runs["path"]]
-    return pd.DataFrame(rows, columns=["code_version", "epochs_run"], index=runs.index)
+    return pd.DataFrame(rows, columns=columns, index=runs.index)
 
 
 def last_epoch_share(done: pd.DataFrame) -> tuple[int, int]:
@@ -302,6 +331,7 @@ def _fmt(r: pd.Series, meaning: Measure | None, spec: TableSpec, with_paper: boo
     scale, d = _scale(spec, meaning), spec.digits
     text = f"{r['mean'] * scale:.{d}f} ± {r['std'] * scale:.{d}f} ({r['n']})" + _fmt_diff(r, scale, d)
     text += MARK if r["significant"] else ""
+    text += STALE_MARK if r.get("n_stale", 0) > 0 else ""
     mark = f" {r['paper_verdict']}" if r.get("paper_verdict") else ""
     return text + (f" [paper {r['paper_value']}{mark}]" if with_paper and r["paper_value"] else "")
 
@@ -357,13 +387,16 @@ def _sort_key(value) -> tuple:
 def _select(df: pd.DataFrame, spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """This table's runs of one code version: (completed, refused, counts for the footer)."""
     runs = df[df["experiment_name"] == spec.experiment] if "experiment_name" in df else df
-    runs, stale, shown = current_runs(runs)
+    runs, stale, kept = current_runs(runs)
     if stale:
-        print(f"warning: table {spec.stem}: {stale} stale run(s) of another code version left out", file=sys.stderr)
+        print(f"warning: table {spec.stem}: {stale} stale run(s) of changed code left out (KEEP_STALE=1 keeps "
+              f"them, marked {STALE_MARK})", file=sys.stderr)
     status = runs["status"] if len(runs) else pd.Series(dtype=object)
     done, refused = runs[status == "completed"], runs[status == "refused"]
+    made = version_deps(done)
     counts = {"runs": len(done), "failed": int((status == "failed").sum()), "refused": len(refused),
-              "stale": stale, "shown": shown, "last": last_epoch_share(done)}
+              "stale": stale, "stale_kept": kept, "versions": {v: e["runs"] for v, e in made.items()},
+              "version_deps": made, "last": last_epoch_share(done)}
     return done, refused, counts
 
 
@@ -422,6 +455,7 @@ def render(df: pd.DataFrame, spec: TableSpec, out_dir: Path, paper_dir: Path | N
         long = long.assign(paper_value=[paper.get(c, "") for c in cell_keys],
                            paper_verdict=[marks.get(tuple(map(canonical, c)), "") for c in cell_keys])
     atomic_write(out_dir / f"{spec.stem}.csv", (long.to_csv(index=False) if not long.empty else "").encode())
+    atomic_write(out_dir / f"{spec.stem}.versions.json", json.dumps(counts["version_deps"], indent=1).encode())
     measured = not long.empty and bool((long["n"] > 0).any())
     measures = {m: measure(counts["measures"], m) for m in spec.metrics} if measured else {}
     notes = RefusalNotes()
@@ -555,10 +589,7 @@ def _footer(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure], c
     k, n = counts["last"]
     lines = [f"Completed runs: {counts['runs']}. Failed runs excluded: {counts['failed']}. "
              f"Refused: {counts['refused']}. Stale runs left out (another code version): {counts['stale']}."]
-    if counts["shown"]:
-        lines.append(f"No run was made by the current code; shown: code_version {counts['shown']}.")
-    elif counts["runs"]:
-        lines.append(f"Runs made by code version {code_version()} (experiments.store.results.code_version).")
+    lines += version_lines(counts["versions"], counts["stale_kept"])
     if counts.get("environments"):
         lines.append(verify.environment_line(counts["environments"]))
     lines.append(_converged_line(spec, counts))

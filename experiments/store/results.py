@@ -19,6 +19,7 @@ import pandas as pd
 from experiments.engine.checkpoint import atomic_write
 from experiments.engine.environment import label as environment_label
 from experiments.engine.errors import UserError, warn
+from experiments.store import versions as code_versions
 
 SCHEMA_VERSION = 1
 
@@ -102,37 +103,25 @@ def git_commit() -> str:
     return (sha or "unknown") + ("-dirty" if dirty else "")
 
 
-ROOT = Path(__file__).resolve().parents[2]
-# What can change a result: the engine, the task packages and the config tree; not how results are shown.
-CODE_DIRS = ("experiments", "age_estimation", "image_classification", "average_k")
-PRESENTATION = ("experiments/report/tables.py", "experiments/report/plots.py", "experiments/report/matrix.py",
-                "experiments/report/stats.py", "experiments/report/tuning.py", "experiments/drivers/reproduce.py",
-                "experiments/drivers/catalog.py", "experiments/drivers/bench.py", "experiments/drivers/bench_runs.py",
-                "experiments/drivers/plan.py", "experiments/drivers/runner.py", "experiments/engine/progress.py",
-                "experiments/engine/callbacks.py", "experiments/reproduce.py", "average_k/tables.py")
-ENGINE_READ_CONFIG = ("conf/metrics",)   # config the engine reads outside the composed run config
+def code_version(resolved: dict | None = None) -> str:
+    """The version of the current code for a run of `resolved` (a run's resolved config; none: a run naming no
+    target): sha256 (16 hex) over the digests of the files it executes (experiments.store.versions), read from
+    the working tree so uncommitted edits count."""
+    return code_versions.CURRENT.of_config(resolved or {}).version
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """sha256 (16 hex) over the path and bytes of every source file that can change a result, read from the
-    working tree so uncommitted edits count: the .py files of the engine and task packages (table, figure and
-    driver code excluded) and the metric sets. The rest of conf/ reaches a run through its resolved config, which
-    the run id already hashes, so editing a table or figure spec leaves finished runs current."""
-    h = hashlib.sha256()
-    files = [p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts]
-    files += [p for d in ENGINE_READ_CONFIG for p in (ROOT / d).rglob("*.yaml")]
-    for path in sorted(files):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel in PRESENTATION:
-            continue
-        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+def code_files(resolved: dict | None = None) -> dict[str, str]:
+    """{path: digest} of the files behind `code_version(resolved)`: recorded per run, so a stale run can say which
+    file changed."""
+    return code_versions.CURRENT.of_config(resolved or {}).files
 
 
-def is_finished(record: dict | None) -> bool:
-    """A completed run made by the current code: skipped by `run` and the reproduce driver."""
-    return bool(record) and record.get("status") == "completed" and record.get("code_version") == code_version()
+def is_finished(record: dict | None, current: str | None = None) -> bool:
+    """A completed run made by the current code (skipped by `run` and the reproduce driver): its `code_version`
+    equals the one the current code gives its config (`current`, when the caller has computed it already)."""
+    if not record or record.get("status") != "completed":
+        return False
+    return record.get("code_version") == (current or code_version(record.get("config") or {}))
 
 
 def versions() -> dict[str, str]:

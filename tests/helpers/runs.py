@@ -14,7 +14,8 @@ def write_run(results_dir: Path, experiment: str, run_id: str, *, dataset: str, 
               config: dict | None = None, **extra) -> None:
     rec = {"run_id": run_id, "experiment_name": experiment, "dataset": dataset, "model": "m", "loss": loss,
            "seed": seed, "status": status, "config": {"seed": seed, **(config or {})},
-           "code_version": code_version(), "metrics": metrics or {}, "metric_info": INFO, **extra}
+           "metrics": metrics or {}, "metric_info": INFO, **extra}
+    rec.setdefault("code_version", code_version(rec["config"]))
     if error is not None:
         rec["error"] = error
     write_record(Path(results_dir) / "runs" / experiment / f"{run_id}.json", rec)
