@@ -7,6 +7,7 @@ EXP ?=
 JOBS ?= 2
 RESULTS ?= results
 LAUNCHER ?=
+KEEP_STALE ?=
 BUDGET ?=
 FACTOR ?= 2
 REFERENCE ?= tables
@@ -30,11 +31,14 @@ test: install ## fast test suite (not marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest -q
 
-reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm BUDGET=x (training length ×x); PLAN=1 [IMG_PER_S=x] only prints the plan
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S)) $(if $(BUDGET),--budget $(BUDGET))
+reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm BUDGET=x (training length ×x) KEEP_STALE=1 (runs of changed code kept, marked, not re-run); PLAN=1 [IMG_PER_S=x] only prints the plan
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale)
 
 tables: install ## re-render tables (and figures) from existing runs only
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET))
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale)
+
+status: install ## per experiment finished/stale/missing/failed/refused runs and the changed files behind stale ones, training nothing (PROFILE, EXP, RESULTS as above)
+	$(PY) -m experiments.status --profile $(PROFILE) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
 
 plots: tables ## alias of `make tables`: tables and figures render together
 
@@ -53,4 +57,4 @@ train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
 clean-results: ## delete runs, checkpoints and logs under results/ (keeps tables, figures, paper_reference)
 	rm -rf $(RESULTS)/runs $(RESULTS)/work $(RESULTS)/logs
 
-.PHONY: help install test test-full reproduce-table tables plots converge-check verify bench train clean-results
+.PHONY: help install test test-full reproduce-table tables status plots converge-check verify bench train clean-results

@@ -71,9 +71,11 @@ class SharedAttr(dict):
         return self
 
 
-def load_for_render(results_dir: Path, budget: float = 1.0):
-    """The runs of `results_dir` trained at `budget` (runs at another budget never enter these tables)."""
+def load_for_render(results_dir: Path, budget: float = 1.0, keep_stale: bool = False):
+    """The runs of `results_dir` trained at `budget` (runs at another budget never enter these tables); with
+    `keep_stale`, tables keep runs of changed code, marked (experiments.report.tables.current_runs)."""
     df = at_budget(load_runs(results_dir), budget)
+    df.attrs["keep_stale"] = keep_stale
     df.attrs = {k: SharedAttr(v) if isinstance(v, dict) else v for k, v in df.attrs.items()}
     return df
 
@@ -113,11 +115,11 @@ def _share_into(conn, *args) -> None:
     conn.send(_render_share(*args))
 
 
-def render_everything(exps: list[Experiment], results_dir: Path,
-                      budget: float = 1.0) -> tuple[list[dict], list[Path], list[str]]:
+def render_everything(exps: list[Experiment], results_dir: Path, budget: float = 1.0,
+                      keep_stale: bool = False) -> tuple[list[dict], list[Path], list[str]]:
     """Every table and figure of the runs at `budget`, rendered by this process and a forked one taking items in
     turn (each takes seconds on the default profile). Returns the table summaries, the figure files and the errors."""
-    df = load_for_render(results_dir, budget)
+    df = load_for_render(results_dir, budget, keep_stale)
     items = render_items(exps)
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     counter = ctx.Value("i", 0)
@@ -145,10 +147,15 @@ def train_missing(exps: list[Experiment], args: argparse.Namespace, results_dir:
     """Plan every config in-process, then run the unfinished ones; returns the number of failures."""
     t0 = time.time()
     points = runner.plan(exps, args.profile, results_dir)
+    if args.keep_stale:
+        for p in points:
+            p.state = "kept stale" if p.why == "stale" else p.state
     for exp in exps:
         states = [p.state for p in points if p.exp == exp.name]
+        stale = sum(p.why == "stale" for p in points if p.exp == exp.name)
         print(f"{exp.name}: {len(states)} configs, {states.count('done')} done, {states.count('refused')} refused, "
-              f"{states.count('pending')} to run")
+              f"{states.count('pending')} to run" + (f" ({stale} stale: made by code changed since)" if stale else "")
+              + (f", {states.count('kept stale')} stale kept (KEEP_STALE=1)" if args.keep_stale else ""))
     errors = [p for p in points if p.state == "error"]
     for p in errors:
         print(f"error: {p.title}: {p.error}", file=sys.stderr)
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=str(ROOT / "results"))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--render-only", action="store_true", help="only re-render tables and figures")
+    ap.add_argument("--keep-stale", action="store_true", help="do not re-run runs of changed code; tables show them, "
+                    "their cells marked, the footer naming their code versions (`make status` lists them)")
     ap.add_argument("--plan", action="store_true", help="print grids, runs, image-passes, files; train nothing")
     ap.add_argument("--img-per-s", type=float, default=None, help="with --plan: images/s of one GPU → GPU-hours")
     ap.add_argument("--budget", default="1", help="factor on every run's training length (config key `budget`); "
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ninterrupted{f' ({e})' if str(e) else ''}: unfinished runs resume from their last checkpoint "
                   f"when started again", file=sys.stderr)
             return 130
-    summary, figures, render_errors = render_everything(exps, results_dir, budget)
+    summary, figures, render_errors = render_everything(exps, results_dir, budget, args.keep_stale)
     for error in render_errors:
         print(f"error: {error}", file=sys.stderr)
     minutes = (time.time() - t0) / 60
