@@ -7,6 +7,7 @@ EXP ?=
 JOBS ?= 2
 RESULTS ?= results
 LAUNCHER ?=
+ALLOW_MISSING ?=
 KEEP_STALE ?=
 BUDGET ?=
 FACTOR ?= 2
@@ -31,11 +32,11 @@ test: install ## fast test suite (not marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest -q
 
-reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm BUDGET=x (training length ×x) KEEP_STALE=1 (runs of changed code kept, marked, not re-run); PLAN=1 [IMG_PER_S=x] only prints the plan
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale)
+reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm BUDGET=x (training length ×x) KEEP_STALE=1 (runs of changed code kept, marked, not re-run) ALLOW_MISSING=1 (paper: run the configs whose data is present, the rest 'n/a — data missing'); PLAN=1 [IMG_PER_S=x] only prints the plan
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale) $(if $(ALLOW_MISSING),--allow-missing)
 
 tables: install ## re-render tables (and figures) from existing runs only
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale)
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale) $(if $(ALLOW_MISSING),--allow-missing)
 
 status: install ## per experiment finished/stale/missing/failed/refused runs and the changed files behind stale ones, training nothing (PROFILE, EXP, RESULTS as above)
 	$(PY) -m experiments.status --profile $(PROFILE) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
