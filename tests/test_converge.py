@@ -51,8 +51,9 @@ def test_a_budget_that_is_not_a_positive_number_is_refused_naming_the_key(bad):
 def test_budget_scales_epochs_and_min_steps_and_is_part_of_the_run_id():
     one, _ = compose_config(["experiment=cce_imbalanced"])
     two, _ = compose_config(["experiment=cce_imbalanced", "budget=2"])
-    assert (one.trainer.epochs, one.trainer.min_steps, one.budget) == (6, 120, 1.0)
-    assert (two.trainer.epochs, two.trainer.min_steps, two.budget) == (12, 240, 2.0)
+    assert one.budget == 1.0 and two.budget == 2.0
+    assert (two.trainer.epochs, two.trainer.min_steps) == (2 * one.trainer.epochs, 2 * one.trainer.min_steps)
+    assert one.trainer.min_steps > 0                      # the experiment sets both, so both are checked
     assert two.schedule == one.schedule          # cosine: a fraction of the run, it stretches with the epochs
     assert _id(one) != _id(two)
     same, _ = compose_config(["experiment=cce_imbalanced", "budget=2.0"])
@@ -174,14 +175,30 @@ def test_a_flipped_significant_sign_is_a_changed_conclusion():
     assert not converge.passed(converge.summarize(result, ["loss"]))
 
 
-def test_a_lost_mark_is_a_changed_conclusion_and_fails_a_paper_table_only():
-    found = _check(_long(), _long(cce=dict(significant=False)))
-    assert found["changed"] == ["cce test/accuracy"]
+def test_a_lost_mark_with_the_difference_moving_beyond_its_mde_is_a_changed_conclusion_of_a_paper_table():
+    found = _check(_long(), _long(cce=dict(significant=False, diff=-0.05)))      # Δ moved 0.05 > MDE 0.02
+    assert found["changed"] == ["cce test/accuracy"] and found["n_borderline"] == 0
     assert "1 of 3 conclusions change at 2×: cce test/accuracy" in converge.headline("t", found, 2)
     entry = {"passed": converge.passed(found)}
     assert converge.exit_code({"t": {**entry, "role": "paper"}}, failures=0) == 1
     assert converge.exit_code({"t": {**entry, "role": "supporting"}}, failures=0) == 0
     assert converge.exit_code({"t": {**entry, "role": "screening"}}, failures=0) == 0
+
+
+def test_a_mark_lost_while_the_difference_moves_less_than_its_mde_is_borderline_not_a_change():
+    # Δ −0.10 → −0.09 (moved 0.01 < MDE 0.02) but no longer significant: a replication at the test's resolution
+    result = converge.compare(_long(), _long(cce=dict(significant=False, diff=-0.09)))
+    row = result.set_index("loss").loc["cce"]
+    assert row["diff_shift"] == pytest.approx(0.01)
+    assert (bool(row["changed"]), bool(row["borderline"])) == (False, True)
+    found = converge.summarize(result, ["loss"])
+    assert found["borderline"] == ["cce test/accuracy"] and converge.passed(found)
+    assert "(1 more gain or lose † with Δ moving less than its MDE: borderline)" in converge.headline("t", found, 2)
+
+
+def test_a_changed_reading_without_any_mde_counts_as_changed():
+    found = _check(_long().assign(mde=np.nan), _long(cce=dict(significant=False)).assign(mde=np.nan))
+    assert found["changed"] == ["cce test/accuracy"]
 
 
 def test_a_shift_larger_than_the_mde_is_reported_against_the_cells_own_mde():
@@ -215,7 +232,7 @@ def test_a_cell_found_at_one_budget_only_is_unverified():
 
 def test_long_forms_read_back_from_csv_compare_as_the_frames(tmp_path):
     _long().to_csv(tmp_path / "a.csv", index=False)
-    _long(cce=dict(significant=False)).to_csv(tmp_path / "b.csv", index=False)
+    _long(cce=dict(significant=False, diff=-0.05)).to_csv(tmp_path / "b.csv", index=False)
     found = _check(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
     assert found["changed"] == ["cce test/accuracy"] and found["conclusions"] == 3
 
@@ -241,13 +258,14 @@ def _entry(**changes) -> dict:
 def test_summary_merges_tables_and_the_footer_reads_it(tmp_path):
     path = tmp_path / "converge" / converge.SUMMARY
     converge_cli.write_summary(path, {"exp_a": _entry()})
-    converge_cli.write_summary(path, {"exp_b": _entry(cce=dict(significant=False))})
+    converge_cli.write_summary(path, {"exp_b": _entry(cce=dict(significant=False, diff=-0.05))})
     tables = converge.read_summary(path)
     assert sorted(tables) == ["exp_a", "exp_b"]
     line = _converged_line(TableSpec("exp_a"), {"length": {"budget": ["1"], "trainer.epochs": ["24"]},
                                                 "converge": tables["exp_a"]})
     assert line.startswith("Converged: training length budget 1, trainer.epochs 24; at 2× budget 1 0 of 3 "
-                           "conclusions (sign or † of a Δ) changed and 0 of 4 cell means moved")
+                           "conclusions (sign or † of a Δ, with Δ moving by more than its MDE) changed (0 borderline "
+                           "† flips within the MDE) and 0 of 4 cell means moved")
     assert "2026-12-06, 2 CPU cores (test)" in line
     bad = _converged_line(TableSpec("exp_b"), {"converge": tables["exp_b"]})
     assert bad.startswith("NOT converged: training length as configured; at 2× budget 1 1 of 3 conclusions")
@@ -256,6 +274,9 @@ def test_summary_merges_tables_and_the_footer_reads_it(tmp_path):
 def test_footer_without_a_check_says_how_to_run_one():
     line = _converged_line(TableSpec("simloss_age"), {"length": {"budget": ["1"]}, "converge": None})
     assert "Convergence not checked: `make converge-check EXP=simloss_age`" in line
+    assert "screening" not in line
+    matrix = _converged_line(TableSpec("matrix", role="screening"), {"converge": None})
+    assert "A screening table: one short budget for every method, not a converged comparison." in matrix
 
 
 def test_read_summary_of_a_missing_or_broken_file_is_empty(tmp_path):

@@ -89,7 +89,9 @@ def check_table(spec: TableSpec, base: pd.DataFrame, check: pd.DataFrame, scales
              converge.headline(spec.stem, found, args.factor),
              f"Verdict: {'passed' if entry['passed'] else 'NOT converged'} (no changed conclusion, no cell beyond "
              f"its MDE, no cell at one budget only). Conclusion = the reading of a Δ cell: +† / −† (significant "
-             f"after Holm, by sign) or n.s.; shift = mean at the checked budget − mean at the base budget; MDE = "
+             f"after Holm, by sign) or n.s.; it changes when the reading differs and Δ moved by more than the "
+             f"cell's MDE (a differing reading with Δ moving less is borderline: a Δ near its MDE gains or loses † "
+             f"between any two sets of seeds); shift = mean at the checked budget − mean at the base budget; MDE = "
              f"the cell's minimum detectable effect at the base budget (baseline cells: the median of the metric's).",
              "Shown in the table's units (percentage points for rates)."]
     text = converge.markdown(result, keys, spec.title or spec.stem, lines, scales, spec.digits)

@@ -3,9 +3,12 @@ table at FACTOR × B, cell by cell (`experiments.report.compare.align`).
 
 A table's **conclusions** are its Δ cells (a non-baseline cell with a difference to the baseline): each reads
 `+†` (significantly above the baseline after Holm), `−†` (significantly below) or `n.s.` (no detectable
-difference). A conclusion changes when that reading differs between the two budgets: a sign flip with † on
-either side, or a † gained or lost. A sign flip of a Δ that is n.s. at both budgets changes no reading (the table
-says "no detectable difference" both times) and is listed as a note. Each cell's **mean shift** (FACTOR × B minus
+difference). A conclusion **changes** when that reading differs between the two budgets (a sign flip with † on
+either side, or a † gained or lost) *and* the Δ itself moved by more than the cell's MDE: the longer training
+changed the effect by more than the seeds resolve. A reading that differs while Δ moved by less than the MDE is
+**borderline**: a Δ near its MDE gains or loses † between any two replications (another set of seeds would do
+the same), so it says nothing about the budget; it is listed, not counted. A sign flip of a Δ that is n.s. at
+both budgets changes no reading and is listed as a note. Each cell's **mean shift** (FACTOR × B minus
 B) is set against the cell's minimum detectable effect at B (`mde`; a baseline cell, which has none, takes the
 median MDE of its metric's other cells). A cell found at one budget only is **unverified**. Pure DataFrame
 functions; the CLI is `experiments.drivers.converge`.
@@ -22,7 +25,8 @@ import pandas as pd
 
 from experiments.report.compare import BOTH, align, key_columns
 
-SIGNIFICANT_UP, SIGNIFICANT_DOWN, NOT_SIGNIFICANT = "+†", "−†", "n.s."
+MARK = "†"
+SIGNIFICANT_UP, SIGNIFICANT_DOWN, NOT_SIGNIFICANT = f"+{MARK}", f"−{MARK}", "n.s."
 GATING_ROLE = "paper"     # TableSpec.role whose changed conclusions (or shifts beyond the MDE) fail the check
 
 
@@ -58,9 +62,10 @@ def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
 
 def compare(base: pd.DataFrame, check: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     """One row per (cell keys, metric) of either long form: `mean_base`, `mean_check`, `shift`, `mde` (at base),
-    `shift_over_mde`, `diff_*`, `p_holm_*`, `reading_base` / `reading_check`, and the flags `changed` (the reading
-    of a Δ differs), `sign_flip_ns` (a Δ n.s. at both budgets changed sign), `beyond_mde` (|shift| > mde) and
-    `unverified` (the cell exists at one budget only)."""
+    `shift_over_mde`, `diff_*`, `diff_shift` (Δ at the checked budget − Δ at the base), `p_holm_*`,
+    `reading_base` / `reading_check`, and the flags `changed` (the reading of a Δ differs and |diff_shift| > mde,
+    or mde is unknown), `borderline` (the reading differs, |diff_shift| ≤ mde), `sign_flip_ns` (a Δ n.s. at both
+    budgets changed sign), `beyond_mde` (|shift| > mde) and `unverified` (the cell exists at one budget only)."""
     keys = key_columns(base) if keys is None else list(keys)
     baseline_mde = _metric_mde(base)
     both = align(base, check, keys, labels=("long form at the base budget", "long form at the checked budget"))
@@ -76,7 +81,11 @@ def compare(base: pd.DataFrame, check: pd.DataFrame, keys: list[str] | None = No
     out["mde"] = own_mde.where(own_mde.notna(), out["metric"].map(baseline_mde))
     out["shift_over_mde"] = out["shift"].abs() / out["mde"].where(out["mde"] > 0)
     readings = out["reading_base"].notna() | out["reading_check"].notna()
-    out["changed"] = readings & (out["reading_base"] != out["reading_check"])
+    out["diff_shift"] = out["diff_check"] - out["diff_base"]
+    differs = readings & (out["reading_base"] != out["reading_check"])
+    within = out["diff_shift"].abs() <= out["mde"]
+    out["changed"] = differs & ~within
+    out["borderline"] = differs & within
     out["sign_flip_ns"] = ((out["reading_base"] == NOT_SIGNIFICANT) & (out["reading_check"] == NOT_SIGNIFICANT)
                            & (np.sign(out["diff_base"]) * np.sign(out["diff_check"]) < 0))
     out["beyond_mde"] = out["shift_over_mde"] > 1.0
@@ -90,11 +99,11 @@ def cell_label(row: pd.Series, keys: list[str]) -> str:
 
 
 def summarize(result: pd.DataFrame, keys: list[str]) -> dict[str, Any]:
-    """Counts and the cells behind them: conclusions (Δ cells at the base budget), changed, n.s. sign flips,
-    cells beyond their MDE, unverified cells, and the median and max of |shift| / MDE."""
+    """Counts and the cells behind them: conclusions (Δ cells at the base budget), changed, borderline, n.s. sign
+    flips, cells beyond their MDE, unverified cells, and the median and max of |shift| / MDE."""
     ratio = result["shift_over_mde"].dropna()
     pick = {name: [cell_label(r, keys) for _, r in result[result[name]].iterrows()]
-            for name in ("changed", "sign_flip_ns", "beyond_mde", "unverified")}
+            for name in ("changed", "borderline", "sign_flip_ns", "beyond_mde", "unverified")}
     return {"conclusions": int(result["reading_base"].notna().sum()), "cells": int(len(result)),
             **{f"n_{name}": len(cells) for name, cells in pick.items()}, **pick,
             "shift_over_mde_median": None if ratio.empty else round(float(ratio.median()), 3),
@@ -126,6 +135,8 @@ def headline(stem: str, summary: dict[str, Any], factor: float, shown: int = 4) 
     text = f"{stem}: {summary['n_changed']} of {summary['conclusions']} conclusions change at {factor:g}×"
     if changed:
         text += ": " + "; ".join(changed[:shown]) + (" …" if len(changed) > shown else "")
+    if summary["n_borderline"]:
+        text += f" ({summary['n_borderline']} more gain or lose {MARK} with Δ moving less than its MDE: borderline)"
     if summary["shift_over_mde_median"] is not None:
         text += (f"; |mean shift| / MDE median {summary['shift_over_mde_median']:.2f}, max "
                  f"{summary['shift_over_mde_max']:.2f} ({summary['n_beyond_mde']} of {summary['cells']} cells "
@@ -150,7 +161,8 @@ def _side(row: pd.Series, side: str, scale: float, digits: int) -> str:
 
 def _verdict(row: pd.Series) -> str:
     flags = [("unverified", "found at one budget only"), ("changed", "**conclusion changed**"),
-             ("beyond_mde", "shift > MDE"), ("sign_flip_ns", "sign of an n.s. Δ flipped")]
+             ("borderline", f"{MARK} changed, Δ moved < MDE (borderline)"), ("beyond_mde", "shift > MDE"),
+             ("sign_flip_ns", "sign of an n.s. Δ flipped")]
     return "; ".join(text for flag, text in flags if row[flag]) or "same"
 
 

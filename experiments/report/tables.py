@@ -557,18 +557,21 @@ def _converged_line(spec: TableSpec, counts: dict[str, Any]) -> str:
     """What "converged" means for this table: its budget and what twice the budget changed, when checked."""
     length = ", ".join(f"{k} {'/'.join(v)}" for k, v in counts.get("length", {}).items() if v) or "as configured"
     entry = counts.get("converge")
+    screening = (" A screening table: one short budget for every method, not a converged comparison."
+                 if spec.role == "screening" else "")
     if not entry or "conclusions" not in entry:
-        return (f"Training length: {length}. Convergence not checked: `make converge-check EXP={spec.experiment}` "
-                f"trains at twice the budget and compares every cell.")
+        return (f"Training length: {length}.{screening} Convergence not checked: `make converge-check "
+                f"EXP={spec.experiment}` trains at twice the budget and compares every cell.")
     verdict = "Converged" if entry["passed"] else "NOT converged"
     text = (f"{verdict}: training length {length}; at {entry['factor']:g}× budget {entry['budget']:g} "
-            f"{entry['n_changed']} of {entry['conclusions']} conclusions (sign or {MARK} of a Δ) changed and "
+            f"{entry['n_changed']} of {entry['conclusions']} conclusions (sign or {MARK} of a Δ, with Δ moving by more "
+            f"than its MDE) changed ({entry.get('n_borderline', 0)} borderline {MARK} flips within the MDE) and "
             f"{entry['n_beyond_mde']} of {entry['cells']} cell means moved by more than their MDE (|shift| / MDE "
             f"median {entry['shift_over_mde_median']}, max {entry['shift_over_mde_max']}): `make converge-check` "
             f"on {entry['date']}, {entry['machine']}, code version {entry['code_version']}")
     if counts.get("runs") and entry["code_version"] != code_version():
         text += f" (these runs: {code_version()}; check again)"
-    return text + f"; details in ../converge/{spec.stem}.md."
+    return text + f"; details in ../converge/{spec.stem}.md.{screening}"
 
 
 def version_lines(versions: dict[str, int], stale_kept: list[str]) -> list[str]:
