@@ -207,11 +207,12 @@ def test_uint8_resize_is_within_one_level_of_pil_bilinear(native, channels):
 @pytest.mark.parametrize("decode", ["pil", "pil_draft", "torchvision"])
 @pytest.mark.parametrize("random_crop", [True, False])
 @pytest.mark.parametrize("resize,crop", [(64, 48), (40, 32)])   # 160×120 → DCT scaling fits at 40, not at 64
+@pytest.mark.parametrize("channels", [1, 3])
 def test_each_cpu_decoder_shape_dtype_range_determinism_and_crop_position(tmp_path, decode, random_crop, resize,
-                                                                          crop):
+                                                                          crop, channels):
     path = smooth_jpeg(tmp_path / "a.jpg", 160, 120, seed=2)
-    view = ImageView(resize, crop, random=random_crop, flip=True, decode=decode)
-    exact = ImageView(resize, crop, random=random_crop, flip=True, decode="pil")
+    view = ImageView(resize, crop, random=random_crop, flip=True, channels=channels, decode=decode)
+    exact = ImageView(resize, crop, random=random_crop, flip=True, channels=channels, decode="pil")
     for seed in range(4):
         torch.manual_seed(seed)
         x = view(path)
@@ -219,7 +220,7 @@ def test_each_cpu_decoder_shape_dtype_range_determinism_and_crop_position(tmp_pa
         again = view(path)
         torch.manual_seed(seed)
         ref = exact(path)
-        assert x.dtype == torch.uint8 and tuple(x.shape) == (3, crop, crop) and int(x.max()) > int(x.min())
+        assert x.dtype == torch.uint8 and tuple(x.shape) == (channels, crop, crop) and int(x.max()) > int(x.min())
         assert torch.equal(x, again)
         # the same crop and flip as the exact path: only decoding/resampling differences remain
         assert (x.float() - ref.float()).abs().mean() < 4.0
