@@ -15,8 +15,9 @@
   (`decode_jpeg(device="cuda")`) and resizes, crops and flips each image there (`decode_batch`). Refused where
   no CUDA device is visible.
 
-Crop positions and flips come from the same draws in every decoder (`crop_box`, computed on the resized size), so
-the decoders differ only in pixels, never in which part of an image a sample shows.
+Crop positions and flips come from the same draws in the CPU decoders (`crop_box`, computed on the full image's
+resized size), so they differ only in pixels, never in which part of an image a sample shows; `cuda` draws them in
+the main process from a generator seeded per pass (deterministic, but other positions than the CPU decoders').
 """
 from __future__ import annotations
 
