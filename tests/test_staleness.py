@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from experiments.drivers import catalog, runner, status
 from experiments.engine.config import metric_specs
+from experiments.engine.errors import UserError
 from experiments.report.tables import STALE_MARK, TableSpec, render
 from experiments.store import results as store
 from experiments.store import versions
@@ -62,6 +63,19 @@ def test_the_digest_of_a_file_is_cached_per_mtime_and_size(tmp_path):
     first = versions.ast_digest(path)
     path.write_text(DIFFERENT[0] + "\n" * 5)          # another size: the cache cannot hand back the old digest
     assert versions.ast_digest(path) != first
+
+
+def test_a_file_that_does_not_parse_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("def f(:\n")
+    with pytest.raises(UserError, match=r"broken.py: not valid Python .*line 1.*fix the file"):
+        versions.ast_digest(path)
+
+
+def test_a_stale_record_without_file_digests_says_so_instead_of_guessing():
+    assert status.why_stale({"config": {}, "code_version": "0" * 16}) == [status.UNRECORDED]
+    recorded = dict(store.code_files({}), **{"experiments/engine/trainer.py": "old"})
+    assert status.why_stale({"config": {}, "code_files": recorded}) == ["experiments/engine/trainer.py"]
 
 
 def test_version_is_sha256_over_sorted_path_and_digest_lines():

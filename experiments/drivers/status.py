@@ -1,6 +1,7 @@
 """`make status` / `python -m experiments.status`: where every run of a profile stands, training nothing.
 
     python -m experiments.status [--profile default] [--exp name,...] [--results-dir results] [--data-dir DIR]
+                                 [--budget 1]
 
 Per experiment: configs finished by the current code, stale (completed or refused by code changed since),
 missing, failed and refused; then, for the stale runs, each changed file with the runs it makes stale per
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from experiments.drivers import runner
 from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover
+from experiments.engine.budget import KEY as BUDGET_KEY, factor
 from experiments.engine.errors import UserError
 from experiments.store import results as store
 from experiments.store import versions as code_versions
@@ -80,15 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
     ap.add_argument("--results-dir", default=str(ROOT / "results"))
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--budget", default="1", help="the runs at this training-length factor (as reproduce-table)")
     args = ap.parse_args(argv)
     t0 = time.time()
     results_dir = Path(args.results_dir).absolute()
     try:
+        budget = factor(args.budget)
         exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir,
                         results_dir / "work" / "discover")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for exp in exps:   # the overrides reproduce-table gives, so the plan is the same (and its cache shared)
+        exp.overrides.append(f"{BUDGET_KEY}={budget!r}")
     status = collect(exps, args.profile, results_dir)
     print(f"status PROFILE={args.profile} of {results_dir} (nothing trained):")
     report(status)
