@@ -15,6 +15,7 @@ from experiments.engine.metrics import Measure, Metric, describe, renormalised
 from experiments.engine.schemas import TrainerConfig
 from experiments.engine.selection import select_mode
 from experiments.report.tables import TableSpec, render
+from experiments.store.results import code_version
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_PACKAGES = ("age_estimation", "image_classification", "average_k")
@@ -103,6 +104,7 @@ def _run(tmp_path, i, loss, value):
     rec = {"run_id": f"r{i}", "experiment_name": "toy", "loss": loss, "seed": i, "status": "completed",
            "config": {"loss": {"name": loss}}, "metrics": {"test/miscalibration": value},
            "metric_info": describe({"c": Calibration()}, ["test/miscalibration"])}
+    rec["code_version"] = code_version(rec["config"])   # made by the current code, so the table shows it
     path = tmp_path / "runs" / "toy" / f"r{i}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec))
