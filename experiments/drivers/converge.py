@@ -31,7 +31,7 @@ from experiments.engine.errors import UserError
 from experiments.report import converge
 from experiments.report.compare import key_columns
 from experiments.report.tables import TableSpec, measure
-from experiments.store.results import code_version, load_runs
+from experiments.store.results import code_version, load_runs, measures_of
 
 def machine() -> str:
     """What ran the check, for the table footers: cores, CPU model, GPU, OS (no host name)."""
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
     codes.append(reproduce_at(args, checked, check_dir))
     if {2, 130} & set(codes):
         return {}, max(codes)
-    measures = load_runs(check_dir).attrs.get("measures", {})
+    measures = measures_of(load_runs(check_dir))
     meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
             "profile": args.profile, "budget": args.budget, "factor": args.factor, "code_version": code_version()}
     entries = {s.stem: check_table(s, read_long(args.results_dir / "tables" / f"{s.stem}.csv"),

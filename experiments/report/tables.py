@@ -596,8 +596,8 @@ def _footer(long: pd.DataFrame, spec: TableSpec, measures: dict[str, Measure], c
     if counts.get("environments"):
         lines.append(verify.environment_line(counts["environments"]))
     lines.append(_converged_line(spec, counts))
-    lines.append(f"Diagnostic (not evidence of convergence): selected at the last epoch: {k} of {n} runs selecting "
-                 f"on a validation metric.")
+    lines.append(f"Selected at the last epoch: {k} of {n} runs selecting on a validation metric (a diagnostic, not "
+                 f"evidence of convergence: see the line above).")
     mde = _mde_line(long, spec, measures) if measures else ""
     return lines + ([mde] if mde else [])
 
