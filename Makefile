@@ -9,9 +9,9 @@ RESULTS ?= results
 LAUNCHER ?=
 ALLOW_MISSING ?=
 KEEP_STALE ?=
+REFERENCE ?= tables
 BUDGET ?=
 FACTOR ?= 2
-REFERENCE ?= tables
 
 .DEFAULT_GOAL := help
 
@@ -39,15 +39,15 @@ tables: install ## re-render tables (and figures) from existing runs only
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --render-only --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale) $(if $(ALLOW_MISSING),--allow-missing)
 
 status: install ## per experiment finished/stale/missing/failed/refused runs and the changed files behind stale ones, training nothing (PROFILE, EXP, RESULTS as above)
-	$(PY) -m experiments.status --profile $(PROFILE) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP))
+	$(PY) -m experiments.status --profile $(PROFILE) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET))
 
 plots: tables ## alias of `make tables`: tables and figures render together
 
-verify: install ## did it reproduce? a verdict per table cell of RESULTS against REFERENCE=tables (committed, default)|paper|DIR (PROFILE, EXP as above) -> RESULTS/verify/<table>.md|csv; exit 1 if a cell differs
-	$(PY) -m experiments.verify --profile $(PROFILE) --results $(RESULTS) --reference $(REFERENCE) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale)
-
 converge-check: install ## train EXP at FACTOR× (default 2) the budget into RESULTS/converge/runs-<F>x and compare every table with the 1× one: results/converge/<table>.md; exit 1 if a paper table's conclusion changes
 	$(PY) -m experiments.converge --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) --factor $(FACTOR) $(if $(BUDGET),--budget $(BUDGET)) $(if $(EXP),--exp $(EXP))
+
+verify: install ## did it reproduce? a verdict per table cell of RESULTS against REFERENCE=tables (committed, default)|paper|DIR (PROFILE, EXP as above) -> RESULTS/verify/<table>.md|csv; exit 1 if a cell differs
+	$(PY) -m experiments.verify --profile $(PROFILE) --results $(RESULTS) --reference $(REFERENCE) $(if $(EXP),--exp $(EXP)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale)
 
 bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json; BENCH_PROFILE=1 adds the default profile's wall time and memory
 	OMP_NUM_THREADS=1 $(PY) -m experiments.drivers.bench

@@ -11,7 +11,7 @@ cells = [
     nbf.v4.new_code_cell(
         "import os, sys\nfrom pathlib import Path\nROOT = Path.cwd().parent if Path.cwd().name == 'notebooks' else Path.cwd()\n"
         "sys.path.insert(0, str(ROOT))\nRESULTS = Path(os.environ.get('LOSSLAB_RESULTS', ROOT / 'results'))\n"
-        "from experiments.store.results import load_runs\nruns = load_runs(RESULTS)\n"
+        "from experiments.store.frame import load_runs\nruns = load_runs(RESULTS)\n"
         "print(len(runs), 'runs;', runs.status.value_counts().to_dict())\nruns.head()"),
     nbf.v4.new_markdown_cell(
         "## Slicing runs\n\nColumns: `experiment_name`, `dataset`/`model`/`loss` (config-group choices), `seed`, `status`, "

@@ -11,6 +11,7 @@ from experiments.engine.errors import UserError
 from tests.helpers.formats import PLANTNET_SPECIES as SPECIES
 from tests.helpers.formats import make_plantnet
 
+
 @pytest.mark.parametrize("images", [True, False])
 def test_plantnet_layouts_transforms_and_counts(tmp_path, images):
     root = make_plantnet(tmp_path, images)

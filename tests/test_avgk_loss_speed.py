@@ -8,8 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from average_k.losses import (RegularizedOnlineLabelEstimation, TwoHeadLoss, _kth_largest, _sum_log,
-                              batch_pseudo_labels)
+from average_k.losses import (
+    RegularizedOnlineLabelEstimation,
+    TwoHeadLoss,
+    _kth_largest,
+    _sum_log,
+    batch_pseudo_labels,
+)
 from average_k.metrics import budget
 from experiments.engine.data import Meta
 

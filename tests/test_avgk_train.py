@@ -3,7 +3,7 @@ per-example table, and the average-K table from the resulting runs."""
 import pytest
 
 from experiments.report.tables import TableSpec, render
-from experiments.store.results import load_runs
+from experiments.store.frame import load_runs
 from tests.helpers.formats import make_plantnet
 
 KS = (1, 2, 3, 5)

@@ -6,13 +6,17 @@ import pytest
 import torch
 
 from average_k.conformal import ConformalSets, aps_scores, size_calibrated_threshold
-from average_k.losses import (AssumeNegative, ExpectedPositives, RegularizedOnlineLabelEstimation, TwoHeadLoss,
-                              batch_pseudo_labels)
+from average_k.losses import (
+    AssumeNegative,
+    ExpectedPositives,
+    RegularizedOnlineLabelEstimation,
+    TwoHeadLoss,
+    batch_pseudo_labels,
+)
 from average_k.metrics import AverageK, avgk_accuracy, avgk_threshold
 from experiments.engine.data import Batch, Meta
 from experiments.engine.errors import UserError
 from experiments.engine.metrics import EvalOutputs
-
 
 
 def fitted(metric, out, meta):

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.helpers.formats import write_cifar10, write_cifar100
-from tests.helpers.formats import write_raw
+from tests.helpers.formats import write_cifar10, write_cifar100, write_raw
 
 FAST = ("trainer.progress=off", "trainer.num_workers=0", "trainer.cpu_threads=1", "trainer.keep_checkpoint=none")
 

@@ -8,8 +8,14 @@ from image_classification.cifar import Cifar10, Cifar100
 from image_classification.similarity import embedding_cosine
 from image_classification.synthetic import SyntheticCifar
 from image_classification.wordvectors import read_vectors
-from tests.helpers.formats import (CIFAR10_NAMES, CIFAR100_COARSE, CIFAR100_COARSE_OF, CIFAR100_FINE,
-                                    write_cifar10, write_cifar100)
+from tests.helpers.formats import (
+    CIFAR10_NAMES,
+    CIFAR100_COARSE,
+    CIFAR100_COARSE_OF,
+    CIFAR100_FINE,
+    write_cifar10,
+    write_cifar100,
+)
 
 DROPPED = {"aquarium_fish", "keyboard", "pickup_truck", "sweet_pepper"}
 

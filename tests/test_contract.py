@@ -5,7 +5,6 @@ import ast
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -111,7 +110,7 @@ def _run(tmp_path, i, loss, value):
 
 
 def test_a_new_lower_is_better_metric_is_bolded_and_selected_as_such(tmp_path):
-    from experiments.store.results import load_runs
+    from experiments.store.frame import load_runs
 
     for i, (loss, v) in enumerate([("a", 0.5), ("a", 0.52), ("b", 0.1), ("b", 0.12)]):
         _run(tmp_path, i, loss, v)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import hydra.utils
 import numpy as np
@@ -20,7 +19,13 @@ from experiments.drivers import converge as converge_cli
 from experiments.drivers import reproduce
 from experiments.drivers.runner import Composer
 from experiments.drivers.train import CONF_DIR, compose_config
-from experiments.engine.budget import TRAINER_OPTIONS, apply_budget, at_budget, factor, scaled
+from experiments.engine.budget import (
+    TRAINER_OPTIONS,
+    apply_budget,
+    at_budget,
+    factor,
+    scaled,
+)
 from experiments.engine.errors import UserError
 from experiments.engine.trainer import TrainerConfig
 from experiments.report import converge

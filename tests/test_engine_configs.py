@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.engine.config import build_schedule, check_target, dataset_node, validate
+from experiments.engine.config import (
+    build_schedule,
+    check_target,
+    dataset_node,
+    validate,
+)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ["dataset", "model", "loss", "optim", "schedule", "trainer", "preset", "profile", "experiment",

@@ -3,8 +3,8 @@ import torch
 
 from experiments.engine import models
 from experiments.engine.errors import UserError
-from experiments.losses import LDAMLoss
 from experiments.engine.models import Network, NormedLinear
+from experiments.losses import LDAMLoss
 
 
 @pytest.mark.parametrize("factory, size, feat", [

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from experiments.store.results import load_runs
+from experiments.store.frame import load_runs
 
 REQUIRED = {"run_id", "experiment_name", "dataset", "model", "loss", "seed", "config", "metrics", "history",
             "selected_epoch", "status", "duration_s", "git_commit", "versions", "device", "data"}

@@ -72,7 +72,7 @@ def test_own_loss_runs_through_the_matrix(user_package, tmp_path, data_dir):
     table, where it has none."""
     from experiments.drivers import catalog, runner
     from experiments.report.tables import render
-    from experiments.store.results import load_runs
+    from experiments.store.frame import load_runs
 
     user_package("extend_loss.md")
     assert ["loss=sibling_smoothing"] in runner.sweep_points(["loss=glob(*)"])

@@ -17,7 +17,6 @@ from experiments.engine.metrics import EvalOutputs
 from image_classification.hierarchy import HierarchicalDistance
 from image_classification.metrics import SuperclassMetrics
 
-
 # ---------------------------------------------------------------- (b) CDW-CE
 
 def cdw_ce_reference(z: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from experiments.report.plots import FigureSpec, draw_figure, render_figure  # noqa: E402
-from experiments.store.results import load_runs  # noqa: E402
+from experiments.store.frame import load_runs  # noqa: E402
 from tests.helpers.runs import write_run  # noqa: E402
 
 LOSSES = ["an", "an_ls", "balanced_softmax", "cb", "cce", "cce_official", "cdw_ce", "ce", "coral", "corn", "cot",

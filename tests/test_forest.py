@@ -9,8 +9,9 @@ import pytest  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from experiments.report.plots import FigureSpec, render_figure  # noqa: E402
-from experiments.store.results import code_version, load_runs, write_record  # noqa: E402
 from experiments.report.tables import TableSpec, summarize  # noqa: E402
+from experiments.store.frame import load_runs
+from experiments.store.results import code_version, write_record  # noqa: E402
 
 INFO = {"accuracy": {"higher_is_better": True, "unit": "fraction"}}
 GAIN = {"ce": 0.0, "cce": 0.05, "focal": -0.01}

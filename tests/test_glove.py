@@ -15,8 +15,12 @@ import pytest
 
 from experiments.engine.config import build_components
 from experiments.engine.errors import UserError
-from image_classification.similarity import (class_vectors, embedding_cosine, stand_in_footer,
-                                             main as similarity_cli)
+from image_classification.similarity import (
+    class_vectors,
+    embedding_cosine,
+    stand_in_footer,
+)
+from image_classification.similarity import main as similarity_cli
 from image_classification.synthetic import cifar100_classes
 from image_classification.wordvectors import NAMED_SOURCES, read_packaged, read_vectors
 from tests.helpers.formats import CIFAR100_COARSE_OF, CIFAR100_FINE

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from experiments.engine.config import check_target, dataset_node
-from tests.helpers.formats import write_cifar10, write_cifar100
-from tests.helpers.formats import write_raw
+from tests.helpers.formats import write_cifar10, write_cifar100, write_raw
 
 SMALL = {"synthetic_cifar": ("dataset.scale=0.25",), "synthetic_cifar10": ("dataset.scale=0.2",),
          "plantnet_like": ("dataset.scale=0.25",), "synthetic_age": ("dataset.scale=0.5",), "digits": ()}

@@ -23,7 +23,8 @@ def test_two_job_sweep_writes_two_results(tmp_path, data_dir, launcher, extra):
 
 
 def test_slurm_launcher_config_composes_with_its_documented_keys(compose):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from experiments.drivers.train import CONF_DIR

@@ -9,9 +9,14 @@ import torch.nn.functional as F
 
 from experiments.engine.data import Meta
 from experiments.engine.errors import UserError
-from experiments.losses import (BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss)
-from experiments.engine.metrics import PostHocLogitAdjustment
-from experiments.engine.metrics import EvalOutputs
+from experiments.engine.metrics import EvalOutputs, PostHocLogitAdjustment
+from experiments.losses import (
+    BalancedSoftmax,
+    ClassBalancedLoss,
+    FocalLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+)
 
 COUNTS = [500, 120, 40, 9, 3]
 

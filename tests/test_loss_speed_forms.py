@@ -11,11 +11,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from average_k.losses import AssumeNegative, ExpectedPositives, RegularizedOnlineLabelEstimation, TwoHeadLoss
+from average_k.losses import (
+    AssumeNegative,
+    ExpectedPositives,
+    RegularizedOnlineLabelEstimation,
+    TwoHeadLoss,
+)
 from experiments.engine.data import Batch, Meta
 from experiments.losses import ComplementCrossEntropy, ComplementEntropy, SimLoss
-from experiments.losses.longtail import (BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss,
-                                         LogitAdjustedLoss, class_balanced_weights, ldam_margins)
+from experiments.losses.longtail import (
+    BalancedSoftmax,
+    ClassBalancedLoss,
+    FocalLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+    class_balanced_weights,
+    ldam_margins,
+)
 from tests.helpers.reference_losses import cot_complement, official_cce
 
 C = 5

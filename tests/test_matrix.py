@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from experiments.engine.errors import UserError
 from experiments.report.matrix import render_ranks
 from experiments.report.tables import TableSpec, refusal_reason
-from experiments.store.results import load_runs
+from experiments.store.frame import load_runs
 from tests.helpers.runs import write_run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from experiments.engine.metrics import nanmean, per_class_accuracy, per_class_mean, shot_masks, topk_hits
+from experiments.engine.metrics import (
+    nanmean,
+    per_class_accuracy,
+    per_class_mean,
+    shot_masks,
+    topk_hits,
+)
 from experiments.engine.numeric import as_float, log_prior, softplus_and_sigmoid
 
 

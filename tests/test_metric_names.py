@@ -19,7 +19,7 @@ from experiments.engine.evaluation import compute_metrics, preflight
 from experiments.engine.metrics import EvalOutputs, Measure, Metric, describe
 from experiments.losses import CrossEntropy
 from experiments.report.tables import TableSpec, render
-from experiments.store.results import load_runs, measures_of
+from experiments.store.frame import load_runs, measures_of
 from tests.helpers.runs import write_run
 
 

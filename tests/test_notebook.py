@@ -1,5 +1,4 @@
 """The results notebook executes headless on real (smoke-sized) run JSONs, so it never rots."""
-import os
 from pathlib import Path
 
 import nbformat

@@ -4,10 +4,19 @@ import math
 import pytest
 import torch
 
-from age_estimation.ordinal_losses import (CDWCE, CORAL, CORN, SORD, CoralLayer, MeanVariance,
-                                           distribution_from_cumulative, level_encoding, prior_thresholds)
-from age_estimation.ordinal_metrics import OrdinalMetrics, quadratic_weighted_kappa
 from age_estimation.metrics import AgeMetrics
+from age_estimation.ordinal_losses import (
+    CDWCE,
+    CORAL,
+    CORN,
+    SORD,
+    CoralLayer,
+    MeanVariance,
+    distribution_from_cumulative,
+    level_encoding,
+    prior_thresholds,
+)
+from age_estimation.ordinal_metrics import OrdinalMetrics, quadratic_weighted_kappa
 from experiments.engine.data import Meta
 from experiments.engine.metrics import Accuracy, EvalOutputs, TopK
 from experiments.engine.models import Network

@@ -11,14 +11,13 @@ from age_estimation.datasets import AFAD, UTKFace
 from average_k.conformal import aps_scores
 from average_k.losses import batch_pseudo_labels
 from average_k.plantnet import PlantNet300K
+from experiments.drivers.train import compose_config
 from experiments.engine import models
 from experiments.engine.config import validate
 from experiments.engine.errors import UserError
-from experiments.drivers.train import compose_config
 from image_classification.similarity import main as similarity_cli
 from image_classification.similarity import similarity_stats, stand_in_similarity
-from tests.helpers.formats import write_afad, write_utkface
-from tests.helpers.formats import make_plantnet
+from tests.helpers.formats import make_plantnet, write_afad, write_utkface
 
 
 def official_partition(n, seed=42):

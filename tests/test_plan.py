@@ -3,9 +3,8 @@ import time
 
 import pytest
 
-from experiments.drivers.catalog import discover
-
 from experiments.drivers import plan, reproduce
+from experiments.drivers.catalog import discover
 
 DATASETS = ["UTKFace", "AFAD-Full", "cifar/cifar-10-batches-py", "cifar/cifar-100-python", "road_marking",
             "plantnet300k", "word2vec/GoogleNews-vectors-negative300.bin"]

@@ -15,15 +15,15 @@ import pytest
 import torch
 
 import experiments.engine.checkpoint as ckpt
-import experiments.store.results as store
 import experiments.engine.trainer as trainer_module
-from experiments.store.claims import HOST
+import experiments.store.results as store
 from experiments.engine.errors import RunFailed, UserError
 from experiments.engine.loss import CrossEntropy
-from experiments.store.results import load_runs
 from experiments.engine.schedules import Cosine, MultiStep, OneCycle, Schedule
-from tests.helpers.formats import make_plantnet
+from experiments.store.claims import HOST
+from experiments.store.frame import load_runs
 from tests.helpers.cli import ROOT
+from tests.helpers.formats import make_plantnet
 
 QUIET = lambda *a, **k: None  # noqa: E731
 SMALL = ("dataset=synthetic_cifar10", "model.width=8", "trainer.batch_size=64", "trainer.epochs=3")

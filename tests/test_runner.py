@@ -14,8 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from experiments.drivers import catalog, runner
-from experiments.store import results as store
 from experiments.drivers.train import compose_config
+from experiments.store import results as store
 
 ROOT = Path(__file__).resolve().parent.parent
 

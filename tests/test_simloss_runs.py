@@ -7,7 +7,12 @@ import torch
 
 from experiments.engine.config import build_components
 from experiments.engine.errors import UserError
-from tests.helpers.formats import write_afad, write_cifar10, write_cifar100, write_utkface
+from tests.helpers.formats import (
+    write_afad,
+    write_cifar10,
+    write_cifar100,
+    write_utkface,
+)
 
 QUICK = ("trainer.epochs=1", "trainer.progress=off", "trainer.num_workers=0", "trainer.cpu_threads=1")
 

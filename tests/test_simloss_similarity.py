@@ -7,12 +7,21 @@ import torch
 
 from experiments.engine.data import Meta
 from experiments.engine.errors import UserError
-from image_classification.similarity import ConfiguredSimLoss
 from image_classification.cifar import OFFICIAL_QUERY_WORDS, SIMLOSS_DROPPED
-from image_classification.similarity import (embedding_cosine, lower_bound_rescale, ordinal_similarity,
-                                             superclass_similarity)
+from image_classification.similarity import (
+    ConfiguredSimLoss,
+    embedding_cosine,
+    lower_bound_rescale,
+    ordinal_similarity,
+    superclass_similarity,
+)
 from image_classification.wordvectors import detect_format, read_vectors
-from tests.helpers.formats import (CIFAR100_FINE, write_glove, write_word2vec_binary, write_word2vec_text)
+from tests.helpers.formats import (
+    CIFAR100_FINE,
+    write_glove,
+    write_word2vec_binary,
+    write_word2vec_text,
+)
 
 VECTORS = {
     "apples": [1.0, 0.0, 0.0, 0.5],

@@ -24,6 +24,7 @@ from experiments.engine.errors import UserError
 from experiments.report.tables import STALE_MARK, TableSpec, render
 from experiments.store import results as store
 from experiments.store import versions
+from experiments.store.frame import load_runs
 from tests.helpers.runs import write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +243,7 @@ def _toy(results: Path) -> TableSpec:
 
 def test_a_table_leaves_stale_runs_out_unless_kept_and_then_marks_their_cells(tmp_path):
     spec = _toy(tmp_path)
-    df = store.load_runs(tmp_path)
+    df = load_runs(tmp_path)
     strict = render(df, spec, tmp_path / "strict")
     md = (tmp_path / "strict" / "toy.md").read_text()
     assert strict["stale"] == 1 and STALE_MARK not in md and "71.00 ± 1.41 (2)" in md

@@ -13,9 +13,23 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.engine.data import Data, FolderSplit, Meta, StreamLoader, make_loader, stream_pool
-from experiments.engine.decode import (DECODERS, ImageView, check_decoder, crop_box, decode_batch, resize_uint8,
-                                      resized_size)
+from experiments.engine.data import (
+    Data,
+    FolderSplit,
+    Meta,
+    StreamLoader,
+    make_loader,
+    stream_pool,
+)
+from experiments.engine.decode import (
+    DECODERS,
+    ImageView,
+    check_decoder,
+    crop_box,
+    decode_batch,
+    resize_uint8,
+    resized_size,
+)
 from experiments.engine.errors import UserError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

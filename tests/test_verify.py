@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -260,9 +259,10 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 
 from experiments.drivers import verify as cli  # noqa: E402
-from experiments.report.tables import cells  # noqa: E402
 from experiments.drivers.catalog import discover  # noqa: E402
-from experiments.store.results import code_version, compute_run_id, load_runs, write_record  # noqa: E402
+from experiments.report.tables import cells  # noqa: E402
+from experiments.store.frame import load_runs
+from experiments.store.results import code_version, compute_run_id, write_record  # noqa: E402
 
 INFO = {"accuracy": {"higher_is_better": True, "unit": "fraction"}, "mae": {"higher_is_better": False, "unit": "years"}}
 ENV = {"device": "cpu", "cpu": "Test CPU", "cpu_capability": "AVX2", "intra_op_threads": 1}

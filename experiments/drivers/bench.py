@@ -39,11 +39,28 @@ import torch.nn.functional as F
 
 from experiments.drivers import bench_loader, bench_runs
 from experiments.engine.allocator import keep_freed_memory
-from experiments.engine.data import BatchAugment, Data, InMemoryLoader, Meta, TensorSplit
+from experiments.engine.data import (
+    BatchAugment,
+    Data,
+    InMemoryLoader,
+    Meta,
+    TensorSplit,
+)
 from experiments.engine.models import Network, small_cnn
 from experiments.engine.trainer import OptimConfig, Trainer, TrainerConfig
-from experiments.losses import ComplementCrossEntropy, ComplementEntropy, CrossEntropy, SimLoss
-from experiments.losses.longtail import BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss
+from experiments.losses import (
+    ComplementCrossEntropy,
+    ComplementEntropy,
+    CrossEntropy,
+    SimLoss,
+)
+from experiments.losses.longtail import (
+    BalancedSoftmax,
+    ClassBalancedLoss,
+    FocalLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+)
 
 LossCase = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CLASSES = (100, 1081)

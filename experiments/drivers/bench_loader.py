@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.engine.data import PREFETCH_FACTOR, FolderSplit, Meta, StreamLoader, StreamPool
+from experiments.engine.data import (
+    PREFETCH_FACTOR,
+    FolderSplit,
+    Meta,
+    StreamLoader,
+    StreamPool,
+)
 from experiments.engine.decode import ImageView
 
 SIZES = ((800, 600), (500, 375))

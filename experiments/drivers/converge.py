@@ -31,7 +31,8 @@ from experiments.engine.errors import UserError
 from experiments.report import converge
 from experiments.report.compare import key_columns
 from experiments.report.tables import TableSpec, measure
-from experiments.store.results import code_version, load_runs, measures_of
+from experiments.store.frame import load_runs, measures_of
+
 
 def machine() -> str:
     """What ran the check, for the table footers: cores, CPU model, GPU, OS (no host name)."""
@@ -73,6 +74,15 @@ def _scales(spec: TableSpec, measures: dict) -> dict[str, float]:
     return out
 
 
+def _base_versions(path: Path) -> list[str]:
+    """The code versions of a table's base-budget runs, as its renderer recorded them beside the table (each run
+    has its own version: experiments.store.versions)."""
+    try:
+        return sorted(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return []
+
+
 def check_table(spec: TableSpec, base: pd.DataFrame, check: pd.DataFrame, scales: dict[str, float],
                 args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     """Compare one table, write `<out>/<stem>.md|.csv`; returns its summary entry."""
@@ -82,9 +92,11 @@ def check_table(spec: TableSpec, base: pd.DataFrame, check: pd.DataFrame, scales
     keys = key_columns(base)
     result = converge.compare(base, check, keys)
     found = converge.summarize(result, keys)
-    entry = {**meta, "role": spec.role, **found, "passed": converge.passed(found)}
+    versions = _base_versions(args.results_dir / "tables" / f"{spec.stem}.versions.json")
+    entry = {**meta, "code_versions": versions, "role": spec.role, **found, "passed": converge.passed(found)}
     lines = [f"Budget {args.budget:g} (base) against {args.budget * args.factor:g} ({args.factor:g}× the training "
-             f"length): {meta['date']}, {meta['machine']}, profile {args.profile}, code version {meta['code_version']}.",
+             f"length): {meta['date']}, {meta['machine']}, profile {args.profile}, code versions of the base runs "
+             f"{', '.join(versions) or 'unknown'}.",
              f"Role: {spec.role} ({'gates' if converge.gates(spec.role) else 'does not gate'} the check).",
              converge.headline(spec.stem, found, args.factor),
              f"Verdict: {'passed' if entry['passed'] else 'NOT converged'} (no changed conclusion, no cell beyond "
@@ -141,7 +153,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
         return {}, max(codes)
     measures = measures_of(load_runs(check_dir))
     meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
-            "profile": args.profile, "budget": args.budget, "factor": args.factor, "code_version": code_version()}
+            "profile": args.profile, "budget": args.budget, "factor": args.factor}
     entries = {s.stem: check_table(s, read_long(args.results_dir / "tables" / f"{s.stem}.csv"),
                                    read_long(check_dir / "tables" / f"{s.stem}.csv"), _scales(s, measures), args, meta)
                for e in exps for s in e.tables if not s.renderer}

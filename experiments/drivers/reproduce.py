@@ -25,13 +25,20 @@ from omegaconf import OmegaConf
 
 from experiments.drivers import missing as data_missing
 from experiments.drivers import plan, runner
-from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, missing_data
+from experiments.drivers.catalog import (
+    PROFILES,
+    ROOT,
+    Experiment,
+    discover,
+    missing_data,
+)
 from experiments.drivers.train import compose_config
-from experiments.engine.budget import KEY as BUDGET_KEY, at_budget, factor
+from experiments.engine.budget import KEY as BUDGET_KEY
+from experiments.engine.budget import at_budget, factor
 from experiments.engine.errors import UserError
 from experiments.report.plots import render_figure
 from experiments.report.tables import render, write_paper_template
-from experiments.store.results import _flatten, load_runs
+from experiments.store.frame import _flatten, load_runs
 
 
 def paper_templates(results_dir: Path | None = None) -> list[Path]:

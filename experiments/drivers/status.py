@@ -19,7 +19,8 @@ from pathlib import Path
 
 from experiments.drivers import runner
 from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover
-from experiments.engine.budget import KEY as BUDGET_KEY, factor
+from experiments.engine.budget import KEY as BUDGET_KEY
+from experiments.engine.budget import factor
 from experiments.engine.errors import UserError
 from experiments.store import results as store
 from experiments.store import versions as code_versions

@@ -32,7 +32,7 @@ from experiments.engine.metrics import Measure
 from experiments.report import verify
 from experiments.report.compare import REFERENCE_ONLY
 from experiments.report.tables import TableSpec, cells, measure
-from experiments.store.results import load_runs
+from experiments.store.frame import load_runs
 
 COMMITTED_PROFILE = "default"   # the profile whose tables are committed in results/tables (README)
 NAMED = {"tables": ("tables", ROOT / "results" / "tables", None, True),

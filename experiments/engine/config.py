@@ -17,7 +17,14 @@ from experiments.engine.loss import EngineLoss
 from experiments.engine.metrics import Metric, check_kinds, family, pairing
 from experiments.engine.models import Network
 from experiments.engine.schedules import Constant, Schedule
-from experiments.engine.schemas import OptimConfig, TrainerConfig, check_name, check_renamed, check_values, read_section
+from experiments.engine.schemas import (
+    OptimConfig,
+    TrainerConfig,
+    check_name,
+    check_renamed,
+    check_values,
+    read_section,
+)
 
 ENGINE_SUPPLIED = {"model": {"in_channels", "image_size"}}
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"

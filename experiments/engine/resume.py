@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.engine.checkpoint import LAST, load_checkpoint, module_state, restore_module_state, save_checkpoint
+from experiments.engine.checkpoint import (
+    LAST,
+    load_checkpoint,
+    module_state,
+    restore_module_state,
+    save_checkpoint,
+)
 from experiments.engine.loss import EngineLoss
 from experiments.engine.progress import Progress
 from experiments.engine.selection import Selection

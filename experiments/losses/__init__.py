@@ -7,7 +7,13 @@ is `experiments.engine.loss.EngineLoss`.
 """
 from experiments.engine.loss import CrossEntropy, EngineLoss
 from experiments.losses.complement import ComplementCrossEntropy, ComplementEntropy
-from experiments.losses.longtail import BalancedSoftmax, ClassBalancedLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss
+from experiments.losses.longtail import (
+           BalancedSoftmax,
+           ClassBalancedLoss,
+           FocalLoss,
+           LDAMLoss,
+           LogitAdjustedLoss,
+)
 from experiments.losses.simloss import SimLoss
 
 __all__ = ["CrossEntropy", "EngineLoss", "ComplementCrossEntropy", "ComplementEntropy", "BalancedSoftmax",

@@ -12,9 +12,17 @@ import numpy as np
 import pandas as pd
 
 from experiments.engine.checkpoint import atomic_write
-from experiments.report.tables import (REFUSED, RefusalNotes, code_versions_of, current_runs, measure, refusal_reason,
-                                       tex_marks, version_lines)
-from experiments.store.results import measures_of
+from experiments.report.tables import (
+    REFUSED,
+    RefusalNotes,
+    code_versions_of,
+    current_runs,
+    measure,
+    refusal_reason,
+    tex_marks,
+    version_lines,
+)
+from experiments.store.frame import measures_of
 
 
 def only(runs: pd.DataFrame, spec) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from experiments.engine.checkpoint import atomic_write
 from experiments.engine.metrics import Measure, family
 from experiments.report.matrix import rank_heatmap
 from experiments.report.tables import TableSpec, current_runs, summarize
-from experiments.store.results import measures_of
+from experiments.store.frame import measures_of
 
 
 @dataclass

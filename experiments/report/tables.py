@@ -29,7 +29,8 @@ from experiments.engine.metrics import Measure, family
 from experiments.report import converge, stats, verify
 from experiments.report.compare import canonical
 from experiments.store import versions as code_versions
-from experiments.store.results import code_version, measures_of, read_record
+from experiments.store.frame import measures_of
+from experiments.store.results import read_record
 
 ALPHA = stats.ALPHA
 MARK = "†"
@@ -568,9 +569,9 @@ def _converged_line(spec: TableSpec, counts: dict[str, Any]) -> str:
             f"than its MDE) changed ({entry.get('n_borderline', 0)} borderline {MARK} flips within the MDE) and "
             f"{entry['n_beyond_mde']} of {entry['cells']} cell means moved by more than their MDE (|shift| / MDE "
             f"median {entry['shift_over_mde_median']}, max {entry['shift_over_mde_max']}): `make converge-check` "
-            f"on {entry['date']}, {entry['machine']}, code version {entry['code_version']}")
-    if counts.get("runs") and entry["code_version"] != code_version():
-        text += f" (these runs: {code_version()}; check again)"
+            f"on {entry['date']}, {entry['machine']}, code versions {', '.join(entry.get('code_versions', [])) or 'unknown'}")
+    if counts.get("runs") and set(entry.get("code_versions", [])) != set(counts.get("versions", {})):
+        text += f" (these runs: {', '.join(sorted(counts.get('versions', {})))}; check again)"
     return text + f"; details in ../converge/{spec.stem}.md.{screening}"
 
 
