@@ -70,6 +70,7 @@ def test_debug_switch_shows_the_traceback(tmp_path, data_dir):
     assert out.returncode == 2 and "Traceback" in out.stderr
 
 
+@pytest.mark.slow
 def test_optuna_search_returns_a_validation_objective(tmp_path, data_dir):
     out = cli("experiment=simloss_age", "hparams_search=simloss_r", "hydra.sweeper.n_trials=2", *FAST,
               tmp=tmp_path, data_dir=data_dir)

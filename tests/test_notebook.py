@@ -1,3 +1,4 @@
+import pytest
 """The results notebook executes headless on real (smoke-sized) run JSONs, so it never rots."""
 from pathlib import Path
 
@@ -7,6 +8,7 @@ from nbclient import NotebookClient
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "results.ipynb"
 
 
+@pytest.mark.slow
 def test_results_notebook_executes(train_run, results_dir, monkeypatch):
     for loss in ("ce", "focal"):
         for seed in (0, 1):

@@ -64,6 +64,7 @@ def _hold_claim(path: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow
 def test_a_config_claimed_elsewhere_is_waited_for_then_taken_over(tmp_path, data_dir):
     exp = tiny("simloss_age", {"loss.r": "0.5"}, data_dir)
     (point,) = runner.plan([exp], "smoke", tmp_path)

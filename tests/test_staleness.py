@@ -185,6 +185,7 @@ def test_an_executable_line_of_focal_replans_exactly_the_runs_that_import_it(tre
     assert any(line.startswith("  experiments/losses/focal.py changed: ") for line in lines)
 
 
+@pytest.mark.slow
 def test_the_training_step_replans_every_run(tree, edit):
     _, _, points, _ = tree
     edit("experiments/engine/trainer.py", "state.loss.training_step(", "state.loss.training_step(*(), ")

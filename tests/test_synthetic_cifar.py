@@ -76,6 +76,7 @@ def test_layout_errors_name_the_option(tmp_path):
     assert small.class_names[:2] == ["class_000", "class_001"] and small.superclass.tolist() == [0] * 5 + [1] * 5
 
 
+@pytest.mark.slow
 def test_trained_ce_confuses_within_superclass_far_more_than_across(train_run):
     rec = train_run("dataset=synthetic_cifar", "loss=ce", "dataset.scale=1.0", "trainer.epochs=4",
                     "optim.lr=3e-3")
