@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 
 from experiments.drivers import runner
 from experiments.drivers.train import CONF_DIR, compose_config
+from experiments.engine.budget import KEY as BUDGET_KEY
+from experiments.engine.budget import factor
 from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
 from experiments.report.plots import FigureSpec
@@ -52,6 +54,17 @@ class Experiment:
             launch = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
         return [[sys.executable, "-m", "experiments.train", "-m", *args, *launch]
                 for i, args in enumerate(self.sweep_args(profile, results_dir)) if only is None or i in only]
+
+
+def discover_at(profile: str, exp: str, data_dir: str | None, results_dir: Path, budget: str | float) -> list[Experiment]:
+    """`discover` as the command-line drivers call it (`exp` comma-separated, the cache under the results
+    folder), every experiment's runs at `budget` (experiments.engine.budget), so reproduce, status and
+    converge plan the same configs and share the plan cache."""
+    scale = factor(budget)
+    exps = discover(profile, [e for e in exp.split(",") if e], data_dir, results_dir / "work" / "discover")
+    for found in exps:
+        found.overrides.append(f"{BUDGET_KEY}={scale!r}")
+    return exps
 
 
 def discover(profile: str, only: list[str] | None, data_dir: str | None,

@@ -25,15 +25,8 @@ from omegaconf import OmegaConf
 
 from experiments.drivers import missing as data_missing
 from experiments.drivers import plan, runner
-from experiments.drivers.catalog import (
-    PROFILES,
-    ROOT,
-    Experiment,
-    discover,
-    missing_data,
-)
+from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, discover_at, missing_data
 from experiments.drivers.train import compose_config
-from experiments.engine.budget import KEY as BUDGET_KEY
 from experiments.engine.budget import at_budget, factor
 from experiments.engine.errors import UserError
 from experiments.report.plots import render_figure
@@ -222,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir).absolute()
     try:
         budget = factor(args.budget)
-        exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir,
-                        results_dir / "work" / "discover")
-        for exp in exps:
-            exp.overrides.append(f"{BUDGET_KEY}={budget!r}")
+        exps = discover_at(args.profile, args.exp, args.data_dir, results_dir, budget)
         if args.profile == "paper":
             missing = missing_data(exps)
             if missing and not args.allow_missing:

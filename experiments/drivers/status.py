@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.drivers import runner
-from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover
-from experiments.engine.budget import KEY as BUDGET_KEY
-from experiments.engine.budget import factor
+from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover_at
 from experiments.engine.errors import UserError
 from experiments.store import results as store
 from experiments.store import versions as code_versions
@@ -88,14 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results_dir = Path(args.results_dir).absolute()
     try:
-        budget = factor(args.budget)
-        exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir,
-                        results_dir / "work" / "discover")
+        exps = discover_at(args.profile, args.exp, args.data_dir, results_dir, args.budget)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for exp in exps:   # the overrides reproduce-table gives, so the plan is the same (and its cache shared)
-        exp.overrides.append(f"{BUDGET_KEY}={budget!r}")
     status = collect(exps, args.profile, results_dir)
     print(f"status PROFILE={args.profile} of {results_dir} (nothing trained):")
     report(status)
