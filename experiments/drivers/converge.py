@@ -27,6 +27,7 @@ from experiments.drivers import reproduce
 from experiments.drivers.catalog import PROFILES, ROOT, discover
 from experiments.engine.budget import factor
 from experiments.engine.checkpoint import atomic_write
+from experiments.engine.environment import cpu_model
 from experiments.engine.errors import UserError
 from experiments.report import converge
 from experiments.report.compare import key_columns
@@ -36,16 +37,8 @@ from experiments.store.frame import load_runs, measures_of
 
 def machine() -> str:
     """What ran the check, for the table footers: cores, CPU model, GPU, OS (no host name)."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({model}), {gpu}, {platform.system()}"
+    return f"{os.cpu_count()} CPU cores ({cpu_model()}), {gpu}, {platform.system()}"
 
 
 def reproduce_at(args: argparse.Namespace, budget: float, results_dir: Path) -> int:

@@ -131,6 +131,16 @@ def paired(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, n_boot:
     return Comparison("paired", n, mean, lo, hi, p, *boot, mde=paired_mde(n, sd, alpha), sd=sd)
 
 
+def welch_se_df(s1: float, n1: int, s2: float, n2: int) -> tuple[float, float]:
+    """Standard error of a difference of two means (sample stds s1, s2; sizes n1, n2 ≥ 2) and its
+    Welch–Satterthwaite degrees of freedom; with no spread at all, se = 0 and df = n1 + n2 − 2."""
+    v1, v2 = s1 ** 2 / n1, s2 ** 2 / n2
+    se = math.sqrt(v1 + v2)
+    if se == 0:
+        return 0.0, float(n1 + n2 - 2)
+    return se, (v1 + v2) ** 2 / (v1 ** 2 / (n1 - 1) + v2 ** 2 / (n2 - 1))
+
+
 def welch(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> Comparison:
     """Unpaired comparison: difference of means, Welch t interval and p-value (Welch–Satterthwaite df), and
     the MDE of that test at the observed standard error."""
@@ -138,12 +148,10 @@ def welch(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> Compa
     if len(a) < 2 or len(b) < 2:
         return Comparison("welch", 0, float(a.mean() - b.mean()) if len(a) and len(b) else NAN)
     diff = float(a.mean() - b.mean())
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     scale = float(max(np.abs(a).max(), np.abs(b).max()))
     if _constant(a, scale) and _constant(b, scale):
         return _exact("welch", 0, diff, scale)
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    se, df = welch_se_df(float(a.std(ddof=1)), len(a), float(b.std(ddof=1)), len(b))
     lo, hi, p = t_interval(diff, se, df, alpha)
     return Comparison("welch", 0, diff, lo, hi, p, mde=mde(se, df, alpha), sd=se)
 

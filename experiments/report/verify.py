@@ -66,15 +66,6 @@ class Evidence:
     delta_min: float
 
 
-def welch_se_df(s1: float, n1: int, s2: float, n2: int) -> tuple[float, float]:
-    """Standard error of a difference of two means and its Welch–Satterthwaite degrees of freedom."""
-    v1, v2 = s1 ** 2 / n1, s2 ** 2 / n2
-    se = math.sqrt(v1 + v2)
-    if se == 0:
-        return 0.0, float(n1 + n2 - 2)
-    return se, (v1 + v2) ** 2 / (v1 ** 2 / (n1 - 1) + v2 ** 2 / (n2 - 1))
-
-
 def tost_p(diff: float, se: float, df: float, delta: float) -> float:
     """p-value of the TOST for |true difference| < δ: max(P(T ≥ (d + δ)/se), P(T ≤ (d − δ)/se)), T ~ t(df)."""
     if se == 0:
@@ -98,7 +89,7 @@ def evidence(diff: float, se: float, df: float, delta: float, test: str, alpha: 
 def two_sample(mean1: float, s1: float, n1: int, mean2: float, s2: float, n2: int, delta: float,
                alpha: float = ALPHA) -> Evidence:
     """Ours (mean1, s1, n1) against a reference sample (mean2, s2, n2): Welch TOST; both n ≥ 2."""
-    se, df = welch_se_df(s1, n1, s2, n2)
+    se, df = stats.welch_se_df(s1, n1, s2, n2)
     return evidence(mean1 - mean2, se, df, delta, WELCH, alpha)
 
 
