@@ -65,20 +65,11 @@ def paper_templates(results_dir: Path | None = None) -> list[Path]:
     return written
 
 
-class SharedAttr(dict):
-    """A `DataFrame.attrs` value shared by the frames derived from it instead of deep-copied into each (pandas
-    deep-copies `attrs` on every operation: that tripled the time to render the tables)."""
-
-    def __deepcopy__(self, memo: dict) -> "SharedAttr":
-        return self
-
-
 def load_for_render(results_dir: Path, budget: float = 1.0, keep_stale: bool = False):
     """The runs of `results_dir` trained at `budget` (runs at another budget never enter these tables); with
     `keep_stale`, tables keep runs of changed code, marked (experiments.report.tables.current_runs)."""
     df = at_budget(load_runs(results_dir), budget)
     df.attrs["keep_stale"] = keep_stale
-    df.attrs = {k: SharedAttr(v) if isinstance(v, dict) else v for k, v in df.attrs.items()}
     return df
 
 
