@@ -105,12 +105,20 @@ def new_pass(data, name, batch_size, shuffle, generator, workers):
     return [(b.x, b.y, b.index) for b in loader]
 
 
-def assert_same_batches(old, new):
+def assert_same_batches(old, new, std=STD):
+    """Same order, crops, flips and labels; pixels within one uint8 level, and only in a few: `pil` resamples only
+    the crop's region, where PIL's fixed-point filter weights may round the other way (a wrong crop position or
+    filter differs by many levels in most pixels of these smooth images)."""
     assert len(old) == len(new)
+    one_level = 1 / (255 * min(std)) + 1e-6
+    differing = total = 0
     for (xo, yo, io), (xn, yn, i_n) in zip(old, new):
         assert xn.dtype == torch.float32 and xn.shape == xo.shape
-        torch.testing.assert_close(xn, xo, rtol=0, atol=1e-6)   # float rounding at most
+        torch.testing.assert_close(xn, xo, rtol=0, atol=one_level)
+        differing += int(((xn - xo).abs() > 1e-6).sum())
+        total += xn.numel()
         assert torch.equal(yn, yo) and torch.equal(i_n, io)
+    assert differing <= 0.05 * total, f"{differing} of {total} values differ by one level"  # 1.3 % here
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -143,7 +151,7 @@ def test_one_channel_view_equals_the_former_path_in_grey(files):
         torch.manual_seed(5)
         new = new_pass(data, "train" if train else "val", 3, train, torch.Generator().manual_seed(1), 0)
         assert new[0][0].shape[1] == 1
-        assert_same_batches(old, new)
+        assert_same_batches(old, new, std=(0.25,))
 
 
 def test_workers_are_persistent_across_passes(files):
