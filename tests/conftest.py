@@ -14,7 +14,8 @@ from experiments.drivers.train import compose_config, run  # noqa: E402
 torch.set_num_threads(1)
 
 # Applied before the test's own overrides: one thread, tiny stand-ins, few epochs, no progress bar.
-SHRINK = ("profile=smoke", "trainer.epochs=1", "trainer.progress=off", "trainer.num_workers=0")
+SHRINK = ("profile=smoke", "trainer.epochs=1", "trainer.progress=off", "trainer.num_workers=0",
+          "trainer.checkpoint_every_s=0")
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,34 @@ def test_interrupted_run_resumes_where_it_stopped(compose, tmp_path):
     assert resumed["metrics"] == straight["metrics"]  # resuming restores weights, optimizer and RNG exactly
 
 
+def test_sparse_epoch_checkpoints_still_resume_exactly_and_are_written_only_when_due(compose, tmp_path, monkeypatch):
+    """`trainer.checkpoint_every_s` thins the end-of-epoch checkpoints; an interruption always writes one, so the
+    resumed run still equals the uninterrupted one. The setting is not part of the run id."""
+    import experiments.engine.trainer as trainer_module
+    from experiments.drivers.train import run
+
+    quiet = lambda *a: None  # noqa: E731
+    writes = []
+    real_save = trainer_module.save
+    monkeypatch.setattr(trainer_module, "save", lambda state, *a: (writes.append(state.epoch), real_save(state, *a)))
+    sparse = ("trainer.epochs=3", "trainer.checkpoint_every_s=1e9")
+    cfg, ch = compose(*sparse, f"results_dir={tmp_path / 'a'}", "trainer.interrupt_after=2")
+    assert run(cfg, ch, log=quiet)["status"] == "interrupted"
+    assert writes == [2]                       # none at the end of epochs 1 and 2, one for the interruption
+    resumed = run(*compose(*sparse, f"results_dir={tmp_path / 'a'}"), log=quiet)
+    writes.clear()
+    straight = run(*compose("trainer.epochs=3", f"results_dir={tmp_path / 'b'}"), log=quiet)
+    assert writes == [1, 2, 3]                 # checkpoint_every_s=0 (the tests' setting): after every epoch
+    assert resumed["run_id"] == straight["run_id"] and resumed["metrics"] == straight["metrics"]
+
+
+def test_negative_checkpoint_interval_is_refused(train_run):
+    from experiments.engine.errors import UserError
+
+    with pytest.raises(UserError, match="trainer.checkpoint_every_s=-1"):
+        train_run("trainer.checkpoint_every_s=-1")
+
+
 def test_selected_epoch_is_chosen_on_validation(train_run):
     rec = train_run("trainer.epochs=3")
     vals = [h["val/accuracy"] for h in rec["history"]]

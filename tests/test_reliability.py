@@ -26,7 +26,8 @@ from tests.helpers.cli import ROOT
 from tests.helpers.formats import make_plantnet
 
 QUIET = lambda *a, **k: None  # noqa: E731
-SMALL = ("dataset=synthetic_cifar10", "model.width=8", "trainer.batch_size=64", "trainer.epochs=3")
+SMALL = ("dataset=synthetic_cifar10", "model.width=8", "trainer.batch_size=64", "trainer.epochs=3",
+         "trainer.checkpoint_every_s=0")
 
 
 class SlowCE(CrossEntropy):

@@ -40,6 +40,7 @@ class TrainerConfig:
     grad_clip: float | None = None
     progress: str = "auto"
     keep_checkpoint: str = "best"
+    checkpoint_every_s: float = 0.0  # end-of-epoch resume checkpoint at most this often (0: every epoch)
     interrupt_after: int | None = None
     claim_timeout_s: float = 1800.0
     keep_freed_memory: bool = True  # glibc keeps freed memory: no page faults per batch (experiments.engine.allocator)
@@ -59,6 +60,9 @@ class TrainerConfig:
         if self.select_metric != "last" and not self.select_metric.startswith("val/"):
             raise UserError(f"trainer.select_metric={self.select_metric}: select on a validation metric "
                             f"(val/<name>) or `last`; never on test")
+        if self.checkpoint_every_s < 0:
+            raise UserError(f"trainer.checkpoint_every_s={self.checkpoint_every_s}: must be ≥ 0 seconds "
+                            f"(0 = a resume checkpoint after every epoch)")
         if self.claim_timeout_s <= 0:
             raise UserError(f"trainer.claim_timeout_s={self.claim_timeout_s}: must be > 0 seconds")
         for key, allowed in self.CHOICES.items():

@@ -83,17 +83,19 @@ class Trainer:
         self.cfg = self.step_budget(self.cfg, len(data.train))
         preflight(model, loss, data, metrics)
         state = self._set_up(model, loss, Selection(self.cfg.select_metric, mode, self.cfg.patience))
+        saved_at = time.monotonic()
         while state.epoch < self.cfg.epochs and not state.selection.stopped_early:
             reason = stop() or self._budget_spent(state)
             if reason is None:
                 reason = self._train_epoch(state, data, stop, beat)
             if reason is not None:
                 where = self._position(state)
-                if state.batch:
-                    save(state, self.workdir / LAST, self.stamp)
+                save(state, self.workdir / LAST, self.stamp)
                 return FitResult({}, {}, state.history, -1, str(self.device), interrupted=f"{reason} {where}")
             self._end_epoch(state, data, metrics)
-            save(state, self.workdir / LAST, self.stamp)
+            if time.monotonic() - saved_at >= self.cfg.checkpoint_every_s:
+                save(state, self.workdir / LAST, self.stamp)
+                saved_at = time.monotonic()
             beat()
         return self._final_test(state, data, metrics)
 
