@@ -337,3 +337,18 @@ def test_converge_check_on_the_smoke_profile_end_to_end(tmp_path, capsys):
                            str(results), "--data-dir", str(data)]) == 0
     table = (results / "tables" / "simloss_age.md").read_text()
     assert f"at 2× budget 1 {entry['n_changed']} of {entry['conclusions']} conclusions" in table
+
+
+def test_tables_read_only_the_runs_the_profile_plans(tmp_path, capsys):
+    """A run of a config the profile no longer has (here: a sweep value changed after it ran) is left out of the
+    tables with one note, instead of being pooled with the current config's runs of the same cell."""
+    from experiments.drivers.reproduce import load_for_render
+    from tests.helpers.runs import write_run
+
+    for run_id, steps in (("a1", 960), ("b1", 1920)):
+        write_run(tmp_path, "exp", run_id, dataset="digits", loss="ce", metrics={"test/accuracy": 0.9},
+                  config={"trainer": {"min_steps": steps}})
+    assert sorted(load_for_render(tmp_path).run_id) == ["a1", "b1"]
+    assert capsys.readouterr().err == ""
+    assert load_for_render(tmp_path, planned={"b1"}).run_id.tolist() == ["b1"]
+    assert "1 run(s)" in capsys.readouterr().err

@@ -65,12 +65,26 @@ def paper_templates(results_dir: Path | None = None) -> list[Path]:
     return written
 
 
-def load_for_render(results_dir: Path, budget: float = 1.0, keep_stale: bool = False):
-    """The runs of `results_dir` trained at `budget` (runs at another budget never enter these tables); with
-    `keep_stale`, tables keep runs of changed code, marked (experiments.report.tables.current_runs)."""
+def load_for_render(results_dir: Path, budget: float = 1.0, keep_stale: bool = False,
+                    planned: set[str] | None = None):
+    """The runs of `results_dir` trained at `budget` (runs at another budget never enter these tables) and, given
+    `planned` (the run ids of the profile's configs), only those: a run of a config the profile no longer has (a
+    changed sweep, another profile) would otherwise be pooled with the current config's runs of the same table cell.
+    With `keep_stale`, tables keep runs of changed code, marked (experiments.report.tables.current_runs)."""
     df = at_budget(load_runs(results_dir), budget)
+    if planned is not None and not df.empty and "run_id" in df:
+        outside = ~df["run_id"].isin(planned)
+        if outside.any():
+            print(f"note: {int(outside.sum())} run(s) in {results_dir} belong to no config of this profile's plan "
+                  f"(a changed sweep or another profile); tables leave them out", file=sys.stderr)
+        df = df[~outside]
     df.attrs["keep_stale"] = keep_stale
     return df
+
+
+def planned_run_ids(exps: list[Experiment], profile: str, results_dir: Path) -> set[str]:
+    """The run ids of every config the profile plans for `exps` (composed from the plan cache: about a second)."""
+    return {p.run_id for p in runner.plan(exps, profile, results_dir) if p.run_id}
 
 
 def render_items(experiments: list[Experiment]) -> list[tuple[str, Any]]:
@@ -108,11 +122,12 @@ def _share_into(conn, *args) -> None:
     conn.send(_render_share(*args))
 
 
-def render_everything(exps: list[Experiment], results_dir: Path, budget: float = 1.0,
-                      keep_stale: bool = False) -> tuple[list[dict], list[Path], list[str]]:
-    """Every table and figure of the runs at `budget`, rendered by this process and a forked one taking items in
-    turn (each takes seconds on the default profile). Returns the table summaries, the figure files and the errors."""
-    df = load_for_render(results_dir, budget, keep_stale)
+def render_everything(exps: list[Experiment], results_dir: Path, budget: float = 1.0, keep_stale: bool = False,
+                      planned: set[str] | None = None) -> tuple[list[dict], list[Path], list[str]]:
+    """Every table and figure of the runs at `budget` (of the `planned` run ids, if given), rendered by this process
+    and a forked one taking items in turn (each takes seconds on the default profile). Returns the table
+    summaries, the figure files and the errors."""
+    df = load_for_render(results_dir, budget, keep_stale, planned)
     items = render_items(exps)
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     counter = ctx.Value("i", 0)
@@ -227,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ninterrupted{f' ({e})' if str(e) else ''}: unfinished runs resume from their last checkpoint "
                   f"when started again", file=sys.stderr)
             return 130
-    summary, figures, render_errors = render_everything(exps, results_dir, budget, args.keep_stale)
+    planned = planned_run_ids(exps, args.profile, results_dir)
+    summary, figures, render_errors = render_everything(exps, results_dir, budget, args.keep_stale, planned)
     for error in render_errors:
         print(f"error: {error}", file=sys.stderr)
     minutes = (time.time() - t0) / 60
