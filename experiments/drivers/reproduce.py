@@ -12,7 +12,6 @@ the others as refused, "data missing: <path>" (experiments.drivers.missing).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import resource
 import subprocess
@@ -103,49 +102,24 @@ def render_one(item: tuple[str, Any], results_dir: Path, df) -> Any:
     return [] if df.empty else [str(p) for p in render_figure(df, spec, results_dir / "figures")]
 
 
-def _render_share(items: list, counter, results_dir: Path, df) -> dict[int, tuple[str, Any]]:
-    """Render the items nobody has taken yet (`counter`: the next index) until none is left."""
-    out = {}
-    while True:
-        with counter.get_lock():
-            i, counter.value = counter.value, counter.value + 1
-        if i >= len(items):
-            return out
-        kind, spec = items[i]
-        try:
-            out[i] = ("", render_one(items[i], results_dir, df))
-        except Exception as e:  # noqa: BLE001 — one broken table or figure does not stop the others
-            out[i] = (f"{kind} {spec.experiment}/{spec.name}: {type(e).__name__}: {e}", None)
-
-
-def _share_into(conn, *args) -> None:
-    conn.send(_render_share(*args))
+def _render_safely(item: tuple[str, Any], results_dir: Path, df) -> tuple[str, Any]:
+    """(an error line or "", the item's result): one broken table or figure does not stop the others."""
+    kind, spec = item
+    try:
+        return "", render_one(item, results_dir, df)
+    except Exception as e:  # noqa: BLE001
+        return f"{kind} {spec.experiment}/{spec.name}: {type(e).__name__}: {e}", None
 
 
 def render_everything(exps: list[Experiment], results_dir: Path, budget: float = 1.0, keep_stale: bool = False,
                       planned: set[str] | None = None) -> tuple[list[dict], list[Path], list[str]]:
-    """Every table and figure of the runs at `budget` (of the `planned` run ids, if given), rendered by this process
-    and a forked one taking items in turn (each takes seconds on the default profile). Returns the table
-    summaries, the figure files and the errors."""
+    """Every table and figure of the runs at `budget` (of the `planned` run ids, if given), in this process.
+    Returns the table summaries, the figure files and the errors. (A forked second renderer saved ~4 s on the
+    default profile but could hang: forking copies locks that other threads hold — torch's, or pyarrow's jemalloc
+    thread, loaded with the GloVe index — and one such hang stopped `make converge-check`.)"""
     df = load_for_render(results_dir, budget, keep_stale, planned)
     items = render_items(exps)
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    counter = ctx.Value("i", 0)
-    helper = None
-    if ctx.get_start_method() == "fork" and len(items) > 1:
-        receive, send = ctx.Pipe(duplex=False)
-        helper = ctx.Process(target=_share_into, args=(send, items, counter, results_dir, df), name="losslab-render")
-        helper.start()
-        send.close()
-    done = _render_share(items, counter, results_dir, df)
-    if helper is not None:
-        try:
-            done.update(receive.recv())
-        except EOFError:
-            pass
-        helper.join()
-    results = [done.get(i, (f"{k} {s.experiment}/{s.name}: not rendered (its process died)", None))
-               for i, (k, s) in enumerate(items)]
+    results = [_render_safely(item, results_dir, df) for item in items]
     summary = [r for (kind, _), (_, r) in zip(items, results) if kind == "table" and r is not None]
     figures = [Path(p) for (kind, _), (_, r) in zip(items, results) if kind == "figure" and r for p in r]
     return summary, figures, [error for error, _ in results if error]
