@@ -9,23 +9,32 @@ from pathlib import Path
 
 from experiments.drivers import reproduce, runner
 from experiments.drivers.catalog import discover
-from experiments.drivers.missing import DATA_MISSING, reads, refuse_missing
+from experiments.drivers.missing import DATA_MISSING, read_folder, reads, refuse_missing
 from experiments.store import results as store
 
-CIFAR = {"cifar10", "cifar100", "road_marking"}
-
-
-def test_reads_matches_entries_to_the_dataset_that_reads_them():
+def test_reads_matches_entries_to_the_folder_a_dataset_declares():
     data = Path("/d")
     cifar, road = data / "cifar", data / "road_marking"
-    assert reads(cifar / "cifar-10-batches-py", cifar, "cifar10", CIFAR)
-    assert not reads(cifar / "cifar-100-python", cifar, "cifar10", CIFAR)     # cifar100 is the longer prefix
-    assert reads(cifar / "cifar-100-python", cifar, "cifar100", CIFAR)
-    assert not reads(cifar / "cifar-10-batches-py", cifar, "cifar100", CIFAR)
-    assert reads(road, road, "road_marking", CIFAR) and not reads(road, cifar, "cifar10", CIFAR)
-    assert reads(data, road, "road_marking", CIFAR)                            # an entry above the root
-    assert reads(cifar / "extras", cifar, "cifar10", CIFAR)                    # names no dataset: read by all
-    assert not reads(road, None, "synthetic_age", CIFAR)                       # no root: reads no file
+    c10, c100 = cifar / "cifar-10-batches-py", cifar / "cifar-100-python"
+    assert reads(c10, c10) and not reads(c100, c10) and reads(c100, c100) and not reads(c10, c100)
+    assert reads(road, road) and not reads(road, c10)
+    assert reads(data, road) and reads(cifar, c10)                  # an entry above the folder
+    assert reads(c10 / "data_batch_1", c10)                         # an entry inside it
+    assert not reads(cifar / "extras", c10)                         # beside it: not read
+    assert not reads(road, None)                                    # no root: reads no file
+
+
+def test_the_folder_read_comes_from_the_dataset_class_declaration():
+    from omegaconf import OmegaConf
+
+    def folder(target, root):
+        return read_folder(OmegaConf.create({"_target_": target, "root": root}))
+
+    assert folder("image_classification.cifar.Cifar10", "/d/cifar") == Path("/d/cifar/cifar-10-batches-py")
+    assert folder("image_classification.cifar.Cifar100", "/d/cifar") == Path("/d/cifar/cifar-100-python")
+    assert folder("image_classification.cifar.Cifar10", "/d/cifar-10-batches-py") == Path("/d/cifar-10-batches-py")
+    assert folder("image_classification.road_marking.RoadMarking", "/d/road_marking") == Path("/d/road_marking")
+    assert read_folder(OmegaConf.create({"_target_": "image_classification.digits.Digits"})) is None
 
 
 def _small_experiment(data: Path):

@@ -5,15 +5,16 @@ A config whose dataset reads a missing `requires_data` path of its experiment is
 <path>" while the configs whose data is present run. A config refused that way earlier goes back to the run queue
 once its data is there (a refusal for another reason stays until the code changes).
 
-Which entries a config reads: those at or above its `dataset.root`, and those below it whose first folder below
-the root names its dataset (`cifar-10-batches-py` for `cifar10`, `cifar-100-python` for `cifar100`: the longest
-dataset name of the experiment that prefixes the folder name, compared without case and punctuation); an entry
-below the root that names none of the experiment's datasets is read by all of them (we cannot tell).
+Which entries a config reads: the folder it reads is its `dataset.root`, or `root/<folder>` when its dataset class
+declares a `folder` attribute (CIFAR: `cifar-10-batches-py`, `cifar-100-python`, declared beside the reader in
+image_classification/cifar.py); it reads an entry at, above or inside that folder, and no other.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+import hydra.utils
+from omegaconf import DictConfig
 
 from experiments.drivers import runner
 from experiments.store import results as store
@@ -21,22 +22,21 @@ from experiments.store import results as store
 DATA_MISSING = "data missing: "
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+def reads(entry: Path, folder: Path | None) -> bool:
+    """Whether a config that reads `folder` (None: no files) needs the required path `entry`."""
+    if folder is None:
+        return False
+    return entry == folder or entry in folder.parents or folder in entry.parents
 
 
-def reads(entry: Path, root: Path | None, choice: str, choices: set[str]) -> bool:
-    """Whether a config of dataset `choice` with `dataset.root` `root` reads the required path `entry`; `choices`
-    are the dataset names of the experiment (module docstring)."""
-    if root is None:
-        return False
-    if entry == root or entry in root.parents:
-        return True
-    if root not in entry.parents:
-        return False
-    folder = _norm(entry.relative_to(root).parts[0])
-    owners = [c for c in choices if folder.startswith(_norm(c))]
-    return not owners or max(owners, key=lambda c: len(_norm(c))) == choice
+def read_folder(dataset: DictConfig) -> Path | None:
+    """The folder a dataset config reads: `root`, or `root/<folder>` as its class declares (module docstring)."""
+    root = dataset.get("root")
+    if not root:
+        return None
+    target = hydra.utils.get_object(str(dataset._target_)) if dataset.get("_target_") else None
+    root, folder = Path(str(root)).absolute(), getattr(target, "folder", "")
+    return root / folder if folder and root.name != folder else root   # a root naming the folder is read as it is
 
 
 def _required(exp) -> list[Path]:
@@ -47,22 +47,12 @@ def _required(exp) -> list[Path]:
 def missing_per_point(points: list, experiments: list) -> dict[int, list[Path]]:
     """id(point) → the missing paths it reads, for the pending and refused points (one composition per dataset)."""
     by_name = {e.name: e for e in experiments}
-    composer, datasets = runner.Composer(), {}
+    composer, folders = runner.Composer(), {}
     for p in points:
-        if p.state in ("pending", "refused") and (p.exp, p.dataset_key) not in datasets:
-            cfg, choices = composer(p.overrides)
-            root = cfg.dataset.get("root")
-            datasets[p.exp, p.dataset_key] = (Path(str(root)).absolute() if root else None, choices["dataset"])
-    names: dict[str, set[str]] = {}
-    for (exp, _), (_, choice) in datasets.items():
-        names.setdefault(exp, set()).add(choice)
-    out = {}
-    for p in points:
-        if (p.exp, p.dataset_key) in datasets:
-            root, choice = datasets[p.exp, p.dataset_key]
-            out[id(p)] = [e for e in _required(by_name[p.exp]) if not e.exists()
-                          and reads(e, root, choice, names[p.exp])]
-    return out
+        if p.state in ("pending", "refused") and (p.exp, p.dataset_key) not in folders:
+            folders[p.exp, p.dataset_key] = read_folder(composer(p.overrides)[0].dataset)
+    return {id(p): [e for e in _required(by_name[p.exp]) if not e.exists() and reads(e, folders[p.exp, p.dataset_key])]
+            for p in points if (p.exp, p.dataset_key) in folders}
 
 
 def refuse_missing(points: list, experiments: list) -> int:
