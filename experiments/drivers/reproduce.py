@@ -125,8 +125,9 @@ def render_everything(exps: list[Experiment], results_dir: Path, budget: float =
     return summary, figures, [error for error, _ in results if error]
 
 
-def train_missing(exps: list[Experiment], args: argparse.Namespace, results_dir: Path) -> int:
-    """Plan every config in-process, then run the unfinished ones; returns the number of failures."""
+def train_missing(exps: list[Experiment], args: argparse.Namespace, results_dir: Path) -> tuple[int, set[str]]:
+    """Plan every config in-process, then run the unfinished ones; returns the number of failures and the planned
+    run ids (the runs the tables read)."""
     t0 = time.time()
     points = runner.plan(exps, args.profile, results_dir)
     if args.profile == "paper":
@@ -148,14 +149,15 @@ def train_missing(exps: list[Experiment], args: argparse.Namespace, results_dir:
         print(f"error: {p.title}: {p.error}", file=sys.stderr)
     pending = [p for p in points if p.state == "pending"]
     print(f"planned {len(points)} configs in {time.time() - t0:.1f} s; {len(pending)} to run", flush=True)
+    planned = {p.run_id for p in points if p.run_id}
     if args.launcher:
-        return len(errors) + launch(exps, pending, args, results_dir)
+        return len(errors) + launch(exps, pending, args, results_dir), planned
     tally = runner.run_points(pending, args.jobs)
     if pending:
         print(tally.summary())
     for failure in tally.failures:
         print(f"  failed {failure}", file=sys.stderr)
-    return len(errors) + tally.failed
+    return len(errors) + tally.failed, planned
 
 
 def launch(exps: list[Experiment], pending: list[runner.Point], args: argparse.Namespace, results_dir: Path) -> int:
@@ -208,15 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sweep_failures = 0
-    if not args.render_only:
+    if args.render_only:
+        sweep_failures, planned = 0, planned_run_ids(exps, args.profile, results_dir)
+    else:
         try:
-            sweep_failures = train_missing(exps, args, results_dir)
+            sweep_failures, planned = train_missing(exps, args, results_dir)
         except KeyboardInterrupt as e:
             print(f"\ninterrupted{f' ({e})' if str(e) else ''}: unfinished runs resume from their last checkpoint "
                   f"when started again", file=sys.stderr)
             return 130
-    planned = planned_run_ids(exps, args.profile, results_dir)
     summary, figures, render_errors = render_everything(exps, results_dir, budget, args.keep_stale, planned)
     for error in render_errors:
         print(f"error: {error}", file=sys.stderr)
