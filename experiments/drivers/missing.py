@@ -68,6 +68,6 @@ def refuse_missing(points: list, experiments: list) -> int:
                 p.state, p.why = "pending", "missing"
             continue
         if paths:
-            runner._record_refusal(runner.RunSpec.of(*composer(p.overrides)), f"{DATA_MISSING}{paths[0]}")
+            runner._record_refusal(runner._spec(p.overrides, composer, p.carried), f"{DATA_MISSING}{paths[0]}")
             p.state, refused = "refused", refused + 1
     return refused
