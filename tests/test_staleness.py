@@ -62,6 +62,7 @@ def test_the_digest_of_a_file_is_cached_per_mtime_and_size(tmp_path):
     path = tmp_path / "m.py"
     path.write_text(BASE)
     first = versions.ast_digest(path)
+    assert versions.source(path) is versions.source(path)   # an unchanged file is parsed once
     path.write_text(DIFFERENT[0] + "\n" * 5)          # another size: the cache cannot hand back the old digest
     assert versions.ast_digest(path) != first
 
@@ -210,14 +211,14 @@ def test_a_loss_in_a_user_package_outside_the_repo_replans_its_own_runs(tree, tm
     assert not any(k.startswith("mylab") or k == "otherlib.py" for k in before["ce"].files)
     assert "otherlib.py" not in before["mine"].files      # another top-level package: not the loss's own code
 
-    def now(name: str, config: dict) -> str:
+    def now(config: dict) -> str:
         return versions.CURRENT.of_config(config).version
 
     impl = ext / "mylab" / "impl.py"
     impl.write_text(impl.read_text().replace('"""A user loss."""', '"""A user loss, documented better."""'))
-    assert now("mine", mine) == before["mine"].version
+    assert now(mine) == before["mine"].version
     impl.write_text(impl.read_text().replace("scale = 1.0", "scale = 2.0"))
-    assert now("mine", mine) != before["mine"].version and now("ce", ce) == before["ce"].version
+    assert now(mine) != before["mine"].version and now(ce) == before["ce"].version
     assert versions.changed_files(before["mine"].files, versions.CURRENT.of_config(mine).files) == ["mylab/impl.py"]
 
 

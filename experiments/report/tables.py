@@ -224,8 +224,8 @@ def version_deps(runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
     made = _provenance(runs)
     out = {}
     for version, group in made.groupby(made["code_version"].fillna("none"), sort=True):
-        deps = sorted({(d.targets, d.metric_sets) for d in group["deps"].dropna()})
-        out[str(version)] = {"runs": len(group), "deps": [[list(t), list(m)] for t, m in deps]}
+        deps = sorted(set(group["deps"].dropna()), key=lambda d: (d.targets, d.metric_sets))
+        out[str(version)] = {"runs": len(group), "deps": [d.as_list() for d in deps]}
     return out
 
 
