@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from experiments.drivers import reproduce
-from experiments.drivers.catalog import PROFILES, ROOT, discover
+from experiments.drivers.catalog import PROFILES, ROOT, discover_at
 from experiments.engine.budget import factor
 from experiments.engine.checkpoint import atomic_write
 from experiments.engine.environment import cpu_model
@@ -136,20 +136,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
     """Train and render both budgets, compare every table; (summary entries, reproduce's worst exit code)."""
-    exps = discover(args.profile, [e for e in args.exp.split(",") if e], args.data_dir,
-                    args.results_dir / "work" / "discover")
+    exps = discover_at(args.profile, args.exp, args.data_dir, args.results_dir, args.budget)
     checked = args.budget * args.factor
     check_dir = args.out / f"runs-{checked:g}x"
     codes = [] if args.from_tables else [reproduce_at(args, args.budget, args.results_dir)]
     codes.append(reproduce_at(args, checked, check_dir))
     if {2, 130} & set(codes):
         return {}, max(codes)
-    measures = measures_of(load_runs(check_dir))
+    runs = load_runs(check_dir)
     meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
             "profile": args.profile, "budget": args.budget, "factor": args.factor}
-    entries = {s.stem: check_table(s, read_long(args.results_dir / "tables" / f"{s.stem}.csv"),
-                                   read_long(check_dir / "tables" / f"{s.stem}.csv"), _scales(s, measures), args, meta)
-               for e in exps for s in e.tables if not s.renderer}
+    entries = {}
+    for e in exps:   # each experiment's metric meanings from its own runs (one name may mean two things elsewhere)
+        measures = measures_of(runs[runs["experiment_name"] == e.name]) if not runs.empty else {}
+        entries.update({s.stem: check_table(s, read_long(args.results_dir / "tables" / f"{s.stem}.csv"),
+                                            read_long(check_dir / "tables" / f"{s.stem}.csv"), _scales(s, measures),
+                                            args, meta)
+                        for s in e.tables if not s.renderer})
     return entries, max(codes)
 
 
