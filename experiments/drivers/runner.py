@@ -133,17 +133,15 @@ RECORD_STATES = ("done", "refused", "stale", "failed", "missing")
 TO_RUN = ("stale", "failed", "missing")
 
 
-def record_state(record: dict | None, version: str | None = None) -> str:
-    """What a config's record says (RECORD_STATES): `done` or `refused` by the current code (`version` for its
-    config, computed from the record's config when not given), `stale` (completed or refused by other code),
-    `failed`, or `missing` (no readable record)."""
+def record_state(record: dict | None) -> str:
+    """What a config's record says (RECORD_STATES): `done` or `refused` by the current code (the version of the
+    record's config), `stale` (completed or refused by other code), `failed`, or `missing` (no readable record)."""
     status = (record or {}).get("status")
     if status not in ("completed", "refused", "failed"):
         return "missing"
     if status == "failed":
         return "failed"
-    current = version or store.code_version(record.get("config") or {})
-    if record.get("code_version") != current:
+    if record.get("code_version") != store.code_version(record.get("config") or {}):
         return "stale"
     return "done" if status == "completed" else "refused"
 
