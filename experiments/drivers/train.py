@@ -187,6 +187,23 @@ def run_spec(spec: RunSpec, log=print) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, base: dict, path: Path, schemas: tuple, claim: Claim, signals: StopSignals,
            log) -> dict[str, Any]:
+    """Train in the run's live log (`logger` group, instantiated by `_target_`, so no run's code includes it)."""
+    node = cfg.get("logger") or {"_target_": "experiments.engine.loggers.RunLog"}
+    try:
+        run_log = hydra.utils.instantiate(node, experiment_name=cfg.experiment_name, run_id=base["run_id"])
+    except Exception as e:  # noqa: BLE001 — a bad logger node is the user's input: one line
+        raise UserError(f"logger: {_one_line(e)}; choose logger=none|tensorboard|csv (conf/logger/)") from e
+    with run_log:
+        return _train_logged(cfg, base, path, schemas, claim, signals, log, run_log)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e.__cause__ or e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _train_logged(cfg: DictConfig, base: dict, path: Path, schemas: tuple, claim: Claim, signals: StopSignals,
+                  log, run_log) -> dict[str, Any]:
     tcfg, ocfg, schedule = schemas
     workdir = store.work_dir(cfg.results_dir, cfg.experiment_name, base["run_id"])
     configure_process(tcfg)  # before anything computes: data building runs with the run's threads too
@@ -194,7 +211,8 @@ def _train(cfg: DictConfig, base: dict, path: Path, schemas: tuple, claim: Claim
     data, loss, model, metrics = build_components(cfg)
     record = _new_record(base, data)
     stamp = {k: record[k] for k in ("code_version", "data_fingerprint")}
-    trainer = Trainer(tcfg, ocfg, workdir, int(cfg.seed), log=log, schedule=schedule, stamp=stamp)
+    trainer = Trainer(tcfg, ocfg, workdir, int(cfg.seed), log=log, schedule=schedule, stamp=stamp,
+                      on_epoch=run_log.epoch)
     record["device"] = str(trainer.device)
     t0 = time.time()
     try:
@@ -220,6 +238,7 @@ def _train(cfg: DictConfig, base: dict, path: Path, schemas: tuple, claim: Claim
         store.write_record(path, record)
     except WriteError as e:
         _fail(path, record, _write_problem(e), t0, e)
+    run_log.final(store.stable_config(base["config"]), fit.metrics)
     (workdir / LAST).unlink(missing_ok=True)
     if tcfg.keep_checkpoint == "none":
         shutil.rmtree(workdir, ignore_errors=True)

@@ -54,14 +54,15 @@ SHOW = {"auto": None, "on": True, "off": False}
 
 class Trainer:
     def __init__(self, cfg: TrainerConfig, optim: OptimConfig, workdir: Path, seed: int, log: Callable = print,
-                 schedule: Schedule | None = None, stamp: dict | None = None):
+                 schedule: Schedule | None = None, stamp: dict | None = None,
+                 on_epoch: Callable[[dict], None] = lambda row: None):
         """`stamp` (code version, data fingerprint) is written into checkpoints; one with another stamp is not
-        resumed."""
+        resumed. `on_epoch` receives each epoch's log row (a live logger, experiments.engine.loggers)."""
         cfg.check()
         optim.check()
         self.cfg, self.optim_cfg, self.workdir, self.seed, self.log = cfg, optim, Path(workdir), seed, log
         self.schedule = schedule or Constant()
-        self.stamp = stamp
+        self.stamp, self.on_epoch = stamp, on_epoch
         self.device = resolve_device(cfg.device)
         self.autocast = autocast_for(cfg.amp, cfg.amp_dtype, self.device)
         self.evaluator = Evaluator(cfg.eval_batch_size, self.device, cfg.channels_last, cfg.num_workers,
@@ -195,6 +196,7 @@ class Trainer:
             row.update(self.evaluator.validate(state.model, state.loss, data, metrics))
         row["time_s"] = round(time.time() - state.t0, 3)
         state.history.append(row)
+        self.on_epoch(row)
         value = state.selection.update(row, state.epoch, state.model)
         state.bar.close(f"train/loss={row.get('train/loss', float('nan')):.4f} "
                         + (f"{cfg.select_metric}={value:.4f}" if cfg.select_metric != "last" else ""))

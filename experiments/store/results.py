@@ -25,7 +25,7 @@ VOLATILE_KEYS = (
     "dataset.root", "dataset.download", "dataset.num_workers", "dataset.sizes",
     "trainer.device", "trainer.progress", "trainer.num_workers", "trainer.cpu_threads", "trainer.interrupt_after",
     "trainer.keep_checkpoint", "trainer.eval_batch_size", "trainer.claim_timeout_s",
-    "trainer.keep_freed_memory", "trainer.checkpoint_every_s",
+    "trainer.keep_freed_memory", "trainer.checkpoint_every_s", *code_versions.WATCHING_KEYS,
 )
 
 

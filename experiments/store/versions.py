@@ -266,10 +266,16 @@ def _targets(node: Any) -> Iterable[str]:
             yield from _targets(value)
 
 
+# Config nodes that say how a run is watched, not what it computes (the `logger` group's `_target_`): not part of a
+# run's code, so choosing or editing a logger leaves every run current (experiments.store.results: nor of its id).
+WATCHING_KEYS = ("logger",)
+
+
 def deps_of(config: dict) -> Deps:
     """The deps of a resolved config (without its volatile keys: tables and figures are not part of a run)."""
     sets = [name for name, _ in metric_set_names(config)]
-    return Deps(tuple(sorted(set(_targets(config)))), tuple(sorted(set(sets))))
+    run_part = {k: v for k, v in config.items() if k not in WATCHING_KEYS}
+    return Deps(tuple(sorted(set(_targets(run_part)))), tuple(sorted(set(sets))))
 
 
 @dataclass(frozen=True)
