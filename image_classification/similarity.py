@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,8 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from experiments.engine.checkpoint import atomic_write
 from experiments.engine.data import Meta, cache_key, cached
-from experiments.engine.errors import UserError
+from experiments.engine.errors import UserError, WriteError
 from experiments.losses.simloss import SimLoss
 from image_classification.wordvectors import (FORMATS, NAMED_SOURCES, is_named_source, named_data_dir,
                                               named_signature, named_version, read_vectors)
@@ -91,6 +94,25 @@ def _what(source: str | Path) -> str:
     return f"word vectors {source}" if is_named_source(source) else f"word-vector file {source}"
 
 
+SHOWN = 3   # classes a missing-vector error names on its line; the rest go to a file beside the vectors
+
+
+def _shown(missing: list[str], source: str | Path) -> str:
+    """The first SHOWN missing classes; with more, the full list (one class and its spellings per line) written
+    beside the word-vector file (or in the temp folder where that is not writable) and the line naming it."""
+    if len(missing) <= SHOWN:
+        return ", ".join(missing)
+    names = ", ".join(m.split(" (tried", 1)[0] for m in missing[:SHOWN])
+    folder = Path(source).parent if not is_named_source(source) and os.access(Path(source).parent, os.W_OK) \
+        else Path(tempfile.gettempdir())
+    listing = folder / f"{Path(str(source)).name}.missing-classes.txt"
+    try:
+        atomic_write(listing, ("\n".join(missing) + "\n").encode())
+    except WriteError:
+        return f"{names} and {len(missing) - SHOWN} more (the full list could not be written to {listing})"
+    return f"{names} and {len(missing) - SHOWN} more; every class with the spellings tried: {listing}"
+
+
 def class_vectors(path: str | Path, queries: Sequence[str], class_names: Sequence[str],
                   fmt: str = "auto") -> tuple[np.ndarray, list[str]]:
     """One vector per class: the first of (query, class name, query with underscores for spaces) found; else the
@@ -118,8 +140,8 @@ def class_vectors(path: str | Path, queries: Sequence[str], class_names: Sequenc
             continue
         missing.append(f"{n} (tried {' / '.join(repr(c) for c in _candidates(q, n))}{_official_hint(n, q)})")
     if missing:
-        raise UserError(f"{_what(path)} has no vector for {len(missing)} class(es): "
-                        f"{', '.join(missing)}; use a file that covers them (CIFAR-100 with word2vec: "
+        raise UserError(f"{_what(path)} has no vector for {len(missing)} of {len(class_names)} class(es): "
+                        f"{_shown(missing, path)}; use a file that covers them (CIFAR-100 with word2vec: "
                         f"dataset.classes=96)")
     dims = {len(v) for v in vecs}
     if len(dims) != 1:

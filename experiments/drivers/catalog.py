@@ -3,6 +3,7 @@
 verify and bench, so none of them imports another to find the experiments."""
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from experiments.drivers.train import CONF_DIR, compose_config
 from experiments.engine.budget import KEY as BUDGET_KEY
 from experiments.engine.budget import factor
 from experiments.engine.checkpoint import atomic_write
-from experiments.engine.errors import UserError
+from experiments.engine.errors import UserError, WriteError, warn
 from experiments.report.plots import FigureSpec
 from experiments.report.tables import TableSpec
 from experiments.store import versions as code_versions
@@ -82,8 +83,27 @@ def discover(profile: str, only: list[str] | None, data_dir: str | None,
         return pickle.loads(path.read_bytes())
     except Exception:  # noqa: BLE001 — missing, truncated or foreign: compose again and overwrite it
         found = _discover(profile, only, data_dir)
-        atomic_write(path, pickle.dumps(found))
+        try:
+            atomic_write(path, pickle.dumps(found))
+        except WriteError as e:   # a cache only: the next call composes again
+            warn(f"cannot write the experiment cache {e.filename} ({e.strerror}); continuing without it")
         return found
+
+
+def results_folder(path: str | Path, option: str) -> Path:
+    """The results folder `path` (RESULTS=, `option` on the command line), absolute and created if need be: a
+    file, or a place that cannot be created or written, is refused in one line naming it, before anything is
+    written under it."""
+    path = Path(path).absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(path, os.W_OK | os.X_OK) else "is not writable"
+    except OSError as e:
+        problem = "is a file, not a folder" if path.is_file() else f"cannot be created ({e.strerror})"
+    if problem:
+        raise UserError(f"RESULTS={path} ({option}) {problem}; give a folder the results can be written to, "
+                        f"e.g. RESULTS=results")
+    return path
 
 
 def _discover(profile: str, only: list[str] | None, data_dir: str | None) -> list[Experiment]:
@@ -98,7 +118,8 @@ def _discover(profile: str, only: list[str] | None, data_dir: str | None) -> lis
         overrides = [f"experiment={name}", f"profile={profile}"] + ([f"data_dir={data_dir}"] if data_dir else [])
         cfg, _ = compose_config(overrides)
         tables_node = OmegaConf.to_container(cfg.tables, resolve=False) if "tables" in cfg else {}
-        specs = [TableSpec.from_config(cfg.experiment_name, tname, node) for tname, node in tables_node.items()]
+        specs = [TableSpec.from_config(cfg.experiment_name, tname, node) for tname, node in tables_node.items()
+                 if node is not None]   # and a table with `<name>: null`, as figures below
         main = next((s for s in specs if s.name == "main"), None)
         if main is None or profile not in main.profiles:
             continue

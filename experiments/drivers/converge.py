@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from experiments.drivers import reproduce
-from experiments.drivers.catalog import PROFILES, ROOT, discover_at
+from experiments.drivers.catalog import PROFILES, ROOT, discover_at, results_folder
 from experiments.engine.budget import factor
 from experiments.engine.checkpoint import atomic_write
 from experiments.engine.environment import cpu_model
@@ -115,6 +115,14 @@ def write_summary(path: Path, entries: dict[str, dict]) -> None:
     atomic_write(path, (json.dumps({"tables": dict(sorted(tables.items()))}, indent=1) + "\n").encode())
 
 
+def _number(value: str, make_name: str, option: str) -> float:
+    """`factor(value)` refused in the words the user typed (make's variable and the option), not the config key."""
+    try:
+        return factor(value)
+    except UserError:
+        raise UserError(f"{make_name}={value!r} ({option}): must be a number > 0, e.g. {make_name}=2") from None
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default", choices=PROFILES)
@@ -128,8 +136,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--from-tables", action="store_true",
                     help="base long forms from <results-dir>/tables/<table>.csv; train only the checked budget")
     args = ap.parse_args(argv)
-    args.factor, args.budget = factor(args.factor), factor(args.budget)
-    args.results_dir = Path(args.results_dir).absolute()
+    args.factor, args.budget = _number(args.factor, "FACTOR", "--factor"), _number(args.budget, "BUDGET", "--budget")
+    args.results_dir = results_folder(args.results_dir, "--results-dir")
     args.out = Path(args.out).absolute() if args.out else args.results_dir / "converge"
     return args
 

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from experiments.drivers import missing as data_missing
 from experiments.drivers import plan, runner
-from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, discover_at, missing_data
+from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, discover_at, missing_data, results_folder
 from experiments.drivers.train import compose_config
 from experiments.engine.budget import at_budget, factor
 from experiments.engine.errors import UserError
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         return plan.main(args.profile, [e for e in args.exp.split(",") if e], args.data_dir, args.img_per_s)
     t0 = time.time()
-    results_dir = Path(args.results_dir).absolute()
     try:
+        results_dir = results_folder(args.results_dir, "--results-dir")
         budget = factor(args.budget)
         exps = discover_at(args.profile, args.exp, args.data_dir, results_dir, budget)
         if args.profile == "paper":

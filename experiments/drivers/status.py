@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.drivers import runner
-from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover_at
+from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover_at, results_folder
 from experiments.engine.errors import UserError
 from experiments.store import results as store
 from experiments.store import versions as code_versions
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", default="1", help="the runs at this training-length factor (as reproduce-table)")
     args = ap.parse_args(argv)
     t0 = time.time()
-    results_dir = Path(args.results_dir).absolute()
     try:
+        results_dir = results_folder(args.results_dir, "--results-dir")
         exps = discover_at(args.profile, args.exp, args.data_dir, results_dir, args.budget)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

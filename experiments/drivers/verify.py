@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.drivers.catalog import PROFILES, ROOT, discover
+from experiments.drivers.catalog import PROFILES, ROOT, discover, results_folder
 from experiments.engine.budget import at_budget, factor
 from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
@@ -230,7 +230,7 @@ def outputs(v: Verdicts, out_dir: Path, results: Path, alpha: float) -> dict[Pat
 
 
 def run(args: argparse.Namespace) -> int:
-    results = Path(args.results).absolute()
+    results = results_folder(args.results, "--results")
     only = [e for e in args.exp.split(",") if e]
     exps = discover(args.profile, only, None, results / "work" / "discover")
     budget = factor(args.budget)
