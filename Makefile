@@ -12,6 +12,10 @@ KEEP_STALE ?=
 REFERENCE ?= tables
 BUDGET ?=
 FACTOR ?= 2
+SCALE ?= full
+DATA ?= /tmp/rehearse-data
+ONLY ?=
+NICE ?= 19
 
 .DEFAULT_GOAL := help
 
@@ -52,10 +56,16 @@ verify: install ## did it reproduce? a verdict per table cell of RESULTS against
 bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json; BENCH_PROFILE=1 adds the default profile's wall time and memory
 	OMP_NUM_THREADS=1 $(PY) -m experiments.drivers.bench
 
+rehearse: install ## EXP=<paper experiment> DATA=<folder>: write its datasets (where absent) in their real formats at real counts with tiny images, run one epoch per (dataset, loss) with a small model, print listing/first-batch/loader/eval/memory/size figures; SCALE=small, ONLY=loss=role, RESULTS=/tmp/...
+	nice -n $(NICE) $(PY) -m experiments.drivers.rehearse --exp $(EXP) --data $(DATA) --scale $(SCALE) --results $(if $(filter results,$(RESULTS)),/tmp/rehearse/results,$(RESULTS)) $(if $(ONLY),--only $(ONLY))
+
+gpu-check: install ## on a GPU machine (≤ 5 min): the cuda tests, a timed rehearsal slice, a small table GPU vs CPU; without a GPU one line, exit 0
+	$(PY) -m experiments.drivers.gpu_check --data $(if $(DATA),$(DATA),/tmp/rehearse-data)
+
 train: install ## one run: make train ARGS="experiment=simloss_age seed=1"
 	$(PY) -m experiments.train $(ARGS)
 
 clean-results: ## delete runs, checkpoints and logs under results/ (keeps tables, figures, paper_reference)
 	rm -rf $(RESULTS)/runs $(RESULTS)/work $(RESULTS)/logs
 
-.PHONY: help install test test-full reproduce-table tables status plots converge-check verify bench train clean-results
+.PHONY: help install test test-full reproduce-table tables status plots converge-check verify bench train clean-results rehearse gpu-check
