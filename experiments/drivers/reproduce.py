@@ -28,6 +28,7 @@ from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, di
 from experiments.drivers.train import compose_config
 from experiments.engine.budget import at_budget, factor
 from experiments.engine.errors import UserError
+from experiments.report import reproducibility
 from experiments.report.plots import render_figure
 from experiments.report.tables import render, write_paper_template
 from experiments.store.frame import _flatten, load_runs
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             for item in missing:
                 print(f"warning: missing {item}; the configs that read it are refused (ALLOW_MISSING=1)",
                       file=sys.stderr)
+        claims = reproducibility.load_claims(exps, results_dir)   # a bad claims file stops here, before any run
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -229,5 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in summary:
         print(f"  {s['table']}: {s['runs']} runs, {s['failed']} failed")
     print(f"  {len(figures) // 2} figures in {results_dir / 'figures'}")
+    print("claims:\n  " + "\n  ".join(reproducibility.write_reports(
+        results_dir, args.profile, exps, lambda: load_for_render(results_dir, budget, args.keep_stale, planned), claims)))
     failed = sum(s["failed"] for s in summary)
     return 1 if (failed or sweep_failures or render_errors) else 0
