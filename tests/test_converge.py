@@ -276,6 +276,24 @@ def test_summary_merges_tables_and_the_footer_reads_it(tmp_path):
     assert bad.startswith("NOT converged: training length as configured; at 2× budget 1 1 of 3 conclusions")
 
 
+def test_one_run_per_cell_is_not_checked_never_converged(tmp_path):
+    one = _long().assign(n=1, mde=np.nan, significant=False)
+    found = _check(one, one.assign(mean=one["mean"] + 0.3))
+    assert found["verdict"] == converge.NOT_CHECKED_ONE_RUN and not converge.passed(found)
+    path = tmp_path / "converge" / converge.SUMMARY
+    converge_cli.write_summary(path, {"m": {**_entry(), **found, "passed": converge.passed(found)}})
+    line = _converged_line(TableSpec("m"), {"converge": converge.read_summary(path)["m"]})
+    assert line.startswith("Convergence not checked (one run per cell): training length as configured")
+    assert "Converged" not in line and "MDE median" not in line
+
+
+def test_verdict_and_findings_are_stated_apart():
+    found = _check(_long(), _long(cce=dict(significant=False, diff=-0.05)))
+    assert found["verdict"] == converge.NOT_CONVERGED
+    assert converge.findings(found).startswith("1 of 3 conclusions changed, ")
+    assert _check(_long(), _long())["verdict"] == converge.CONVERGED
+
+
 def test_footer_without_a_check_says_how_to_run_one():
     line = _converged_line(TableSpec("simloss_age"), {"length": {"budget": ["1"]}, "converge": None})
     assert "Convergence not checked: `make converge-check EXP=simloss_age`" in line
@@ -319,7 +337,7 @@ def test_converge_check_on_the_smoke_profile_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     entry = converge.read_summary(results / "converge" / converge.SUMMARY)["simloss_age"]
     assert code == (0 if entry["passed"] else 1)
-    assert f"[paper{'' if entry['passed'] else ', NOT converged'}] simloss_age: {entry['n_changed']} of " in out
+    assert f"[paper, {entry['verdict']}] simloss_age: {entry['n_changed']} of " in out
     assert (entry["budget"], entry["factor"], entry["profile"]) == (1.0, 2.0, "smoke")
     assert entry["conclusions"] == 2 * 5                      # r = 0.5, 0.9 against r = 0, five metrics
     report = (results / "converge" / "simloss_age.md").read_text()

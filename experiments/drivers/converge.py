@@ -81,7 +81,8 @@ def check_table(spec: TableSpec, base: pd.DataFrame, check: pd.DataFrame, scales
     """Compare one table, write `<out>/<stem>.md|.csv`; returns its summary entry."""
     if base.empty or check.empty:
         missing = "base" if base.empty else "checked"
-        return {**meta, "role": spec.role, "error": f"no completed runs at the {missing} budget", "passed": False}
+        return {**meta, "role": spec.role, "error": f"no completed runs at the {missing} budget", "passed": False,
+                "verdict": f"not checked (no completed runs at the {missing} budget)"}
     keys = key_columns(base)
     result = converge.compare(base, check, keys)
     found = converge.summarize(result, keys)
@@ -92,12 +93,14 @@ def check_table(spec: TableSpec, base: pd.DataFrame, check: pd.DataFrame, scales
              f"{', '.join(versions) or 'unknown'}.",
              f"Role: {spec.role} ({'gates' if converge.gates(spec.role) else 'does not gate'} the check).",
              converge.headline(spec.stem, found, args.factor),
-             f"Verdict: {'passed' if entry['passed'] else 'NOT converged'} (no changed conclusion, no cell beyond "
-             f"its MDE, no cell at one budget only). Conclusion = the reading of a Δ cell: +† / −† (significant "
-             f"after Holm, by sign) or n.s.; it changes when the reading differs and Δ moved by more than the "
-             f"cell's MDE (a differing reading with Δ moving less is borderline: a Δ near its MDE gains or loses † "
-             f"between any two sets of seeds); shift = mean at the checked budget − mean at the base budget; MDE = "
-             f"the cell's minimum detectable effect at the base budget (baseline cells: the median of the metric's).",
+             f"Verdict: {found['verdict']} — {converge.findings(found)}. Criterion: converged when no conclusion "
+             f"changes, no cell mean moves by more than its MDE and no cell is found at one budget only; a table with "
+             f"one run per cell has no MDE, so it is not checked. Conclusion = the reading of a Δ cell: +† / −† "
+             f"(significant after Holm, by sign) or n.s.; it changes when the reading differs and Δ moved by more "
+             f"than the cell's MDE (a differing reading with Δ moving less is borderline: a Δ near its MDE gains or "
+             f"loses † between any two sets of seeds); shift = mean at the checked budget − mean at the base budget; "
+             f"MDE = the cell's minimum detectable effect at the base budget (baseline cells: the median of the "
+             f"metric's).",
              "Shown in the table's units (percentage points for rates)."]
     text = converge.markdown(result, keys, spec.title or spec.stem, lines, scales, spec.digits)
     atomic_write(args.out / f"{spec.stem}.md", text.encode())
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nconverge-check PROFILE={args.profile}: budget {args.budget:g} against {args.budget * args.factor:g}")
     for stem, entry in entries.items():
         text = entry.get("error") or converge.headline(stem, entry, args.factor)
-        print(f"  [{entry['role']}{'' if entry['passed'] else ', NOT converged'}] {text}")
+        print(f"  [{entry['role']}, {entry['verdict']}] {text}")
     if failures:
         print("error: runs failed or tables did not render (see above); the comparison is incomplete",
               file=sys.stderr)

@@ -104,15 +104,41 @@ def summarize(result: pd.DataFrame, keys: list[str]) -> dict[str, Any]:
     ratio = result["shift_over_mde"].dropna()
     pick = {name: [cell_label(r, keys) for _, r in result[result[name]].iterrows()]
             for name in ("changed", "borderline", "sign_flip_ns", "beyond_mde", "unverified")}
-    return {"conclusions": int(result["reading_base"].notna().sum()), "cells": int(len(result)),
-            **{f"n_{name}": len(cells) for name, cells in pick.items()}, **pick,
-            "shift_over_mde_median": None if ratio.empty else round(float(ratio.median()), 3),
-            "shift_over_mde_max": None if ratio.empty else round(float(ratio.max()), 3)}
+    runs = result["n_base"].max() if "n_base" in result and len(result) else float("nan")
+    found = {"conclusions": int(result["reading_base"].notna().sum()), "cells": int(len(result)),
+             **{f"n_{name}": len(cells) for name, cells in pick.items()}, **pick,
+             "runs_per_cell": None if pd.isna(runs) else int(runs),
+             "shift_over_mde_median": None if ratio.empty else round(float(ratio.median()), 3),
+             "shift_over_mde_max": None if ratio.empty else round(float(ratio.max()), 3)}
+    return {**found, "verdict": verdict(found)}
+
+
+CONVERGED, NOT_CONVERGED = "converged", "not converged"
+NOT_CHECKED_ONE_RUN, NOT_CHECKED_NO_MDE = "not checked (one run per cell)", "not checked (no cell has an MDE)"
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """`converged` / `not converged`, or `not checked (…)` when no cell has an MDE to move beyond: with one run
+    per cell nothing can move "beyond its MDE", so the comparison cannot fail and must not read as a pass."""
+    if summary["shift_over_mde_median"] is None and not summary["n_changed"]:
+        return NOT_CHECKED_ONE_RUN if (summary.get("runs_per_cell") or 0) <= 1 else NOT_CHECKED_NO_MDE
+    return CONVERGED if passed(summary) else NOT_CONVERGED
 
 
 def passed(summary: dict[str, Any]) -> bool:
-    """No changed conclusion, no cell beyond its MDE, no unverified cell."""
-    return not (summary["n_changed"] or summary["n_beyond_mde"] or summary["n_unverified"])
+    """No changed conclusion, no cell beyond its MDE, no unverified cell, and at least one cell with an MDE."""
+    return not (summary["n_changed"] or summary["n_beyond_mde"] or summary["n_unverified"]
+                or summary["shift_over_mde_median"] is None)
+
+
+def findings(summary: dict[str, Any]) -> str:
+    """What the check found, in words that cannot be read as the criterion: `12 of 66 conclusions changed, 31 of
+    78 cells beyond their MDE`."""
+    parts = [f"{summary['n_changed']} of {summary['conclusions']} conclusions changed",
+             f"{summary['n_beyond_mde']} of {summary['cells']} cell means moved by more than their MDE"]
+    if summary["n_unverified"]:
+        parts.append(f"{summary['n_unverified']} cell(s) at one budget only")
+    return ", ".join(parts)
 
 
 def gates(role: str) -> bool:

@@ -563,13 +563,20 @@ def _converged_line(spec: TableSpec, counts: dict[str, Any]) -> str:
     if not entry or "conclusions" not in entry:
         return (f"Training length: {length}.{screening} Convergence not checked: `make converge-check "
                 f"EXP={spec.experiment}` trains at twice the budget and compares every cell.")
-    verdict = "Converged" if entry["passed"] else "NOT converged"
-    text = (f"{verdict}: training length {length}; at {entry['factor']:g}× budget {entry['budget']:g} "
-            f"{entry['n_changed']} of {entry['conclusions']} conclusions (sign or {MARK} of a Δ, with Δ moving by more "
-            f"than its MDE) changed ({entry.get('n_borderline', 0)} borderline {MARK} flips within the MDE) and "
-            f"{entry['n_beyond_mde']} of {entry['cells']} cell means moved by more than their MDE (|shift| / MDE "
-            f"median {entry['shift_over_mde_median']}, max {entry['shift_over_mde_max']}): `make converge-check` "
-            f"on {entry['date']}, {entry['machine']}, code versions {', '.join(entry.get('code_versions', [])) or 'unknown'}")
+    where = (f"`make converge-check` on {entry['date']}, {entry['machine']}, code versions "
+             f"{', '.join(entry.get('code_versions', [])) or 'unknown'}")
+    state = entry.get("verdict") or (converge.CONVERGED if entry["passed"] else converge.NOT_CONVERGED)
+    if state.startswith("not checked"):
+        text = (f"Convergence {state}: training length {length}; compared at {entry['factor']:g}× budget "
+                f"{entry['budget']:g}, but no cell has a minimum detectable effect, so nothing could move beyond it: "
+                f"{where}")
+    else:
+        text = (f"{'Converged' if state == converge.CONVERGED else 'NOT converged'}: training length {length}; "
+                f"at {entry['factor']:g}× budget {entry['budget']:g} {entry['n_changed']} of {entry['conclusions']} "
+                f"conclusions (sign or {MARK} of a Δ, with Δ moving by more than its MDE) changed "
+                f"({entry.get('n_borderline', 0)} borderline {MARK} flips within the MDE) and {entry['n_beyond_mde']} "
+                f"of {entry['cells']} cell means moved by more than their MDE (|shift| / MDE median "
+                f"{entry['shift_over_mde_median']}, max {entry['shift_over_mde_max']}): {where}")
     if counts.get("runs") and set(entry.get("code_versions", [])) != set(counts.get("versions", {})):
         text += f" (these runs: {', '.join(sorted(counts.get('versions', {})))}; check again)"
     return text + f"; details in ../converge/{spec.stem}.md.{screening}"
