@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             missing = missing_data(exps)
             if missing and not args.allow_missing:
                 raise UserError("PROFILE=paper needs the real datasets; missing:\n  " + "\n  ".join(missing)
-                                + "\nput them under LOSSLAB_DATA (see README, 'Real data') and run again, or run "
+                                + "\nput them under LOSSLAB_DATA (see docs/real_data.md) and run again, or run "
                                   "the configs whose data is present with ALLOW_MISSING=1")
             for item in missing:
                 print(f"warning: missing {item}; the configs that read it are refused (ALLOW_MISSING=1)",
