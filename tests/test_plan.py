@@ -44,8 +44,24 @@ def test_plan_counts_runs_and_image_passes(paper_plan):
     assert "schedule.milestones=[151,226]" in text
     totals = [ln for ln in lines if ln.startswith("  total: ")]
     n_paper = len(discover("paper", None, None))
-    assert len(totals) == n_paper and all("GPU-hours at 2000 images/s" in ln for ln in totals)
+    assert len(totals) == n_paper and all(ln.endswith(" GPU-hours") for ln in totals)
     assert any(ln.startswith("ALL: ") and ln.endswith("GPU-hours") for ln in lines)
+
+
+def test_plan_prices_each_model_at_its_own_rate(paper_plan):
+    """LeNet at 32 px and ResNet-18 at 224 px are priced apart, each GPU-hours = image-passes / its own rate."""
+    _, _, lines, _ = paper_plan
+    priced = {}
+    for above, ln in zip(lines, lines[1:]):
+        if ln.startswith("      ") and "GFLOPs/img" in ln:
+            passes = float(above.split("→ ")[1].split(" ")[0]) * {"k": 1e3, "M": 1e6, "G": 1e9}[
+                above.split("→ ")[1].split(" ")[1]]
+            rate = float(ln.split("→ ")[1].split(" img/s")[0].replace(",", ""))
+            hours = float(ln.split("GPU: ")[1].split(" GPU-hours")[0].replace(",", ""))
+            assert hours == pytest.approx(passes / rate / 3600, rel=0.01, abs=0.06), ln
+            priced[ln.split(":")[0].strip()] = rate
+    assert priced["resnet18@224px"] < priced["resnet34_cifar@default"] < priced["lenet@default"]
+    assert any("per GPU: memory ≥" in ln for ln in lines)
 
 
 def test_sweep_values_keep_lists_whole():

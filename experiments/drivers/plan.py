@@ -1,13 +1,17 @@
 """`make reproduce-table PROFILE=paper PLAN=1`: what a profile would run, without training anything.
 
     python -m experiments.drivers.plan [--profile paper] [--exp name,...] [--data-dir DIR] [--img-per-s RATE]
+        [--runs-per-gpu R]
 
 Per experiment (and the tables it fills): every sweep's grid and run count, the maximum epochs, the image-passes
 (images a run touches: (train + val) × epochs + test, from the `sizes` each dataset config declares; early
-stopping can end a run sooner), the data and weight files it needs, present or MISSING, and with `--img-per-s`
-the GPU-hours (image-passes / rate) and, for streamed datasets, the CPU cores one GPU needs at that rate (from
-the images/s per core `make bench` measured, results/bench/bench.json). Nothing is downloaded or decoded, so it runs in
-seconds.
+stopping can end a run sooner), the data and weight files it needs, present or MISSING. With `--img-per-s`
+(IMG_PER_S: one GPU's training images/s for ResNet-50 at 224 px) each group of runs is priced at its own model's
+rate (experiments/drivers/rates.py: measured by `make gpu-check`, else scaled from the model's FLOPs per image,
+said so): its GPU-hours with R runs per GPU (RUNS_PER_GPU), the GPU memory of R runs, for streamed datasets the
+CPU cores one GPU needs (from the images/s per core `make bench` measured, results/bench/bench.json), and per
+experiment the CPU side `make rehearse` measured at full size (loader seconds per epoch, evaluation, host
+memory). Nothing is downloaded or decoded, so it runs in seconds.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 import hydra
 from omegaconf import OmegaConf
 
+from experiments.drivers import rates, runner
 from experiments.drivers.catalog import PROFILES, discover
 from experiments.drivers.train import compose_config
 from experiments.engine.errors import UserError
@@ -29,6 +34,7 @@ from experiments.engine.imbalance import counts_per_rank
 from experiments.engine.models import imagenet_checkpoint
 
 PLAN_PREFIXES = ("dataset", "model", "trainer")
+REHEARSAL_DIR = Path("/tmp/rehearse/results/rehearse")   # `make rehearse`'s default scratch results folder
 BENCH_JSON = Path(__file__).resolve().parents[2] / "results" / "bench" / "bench.json"
 
 
@@ -115,6 +121,7 @@ class Part:
     source: str
     weights: dict[Path, str] = field(default_factory=dict)
     decode: str | None = None      # streamed datasets (their config has `decode`): the decoder the loader runs
+    cfg: object = None             # the composed config of the group (model, dataset, optim, batch size)
 
     @property
     def passes(self) -> float:
@@ -141,7 +148,7 @@ def sweep_parts(exp, sweep: dict[str, str], profile: str, data_dir: str | None, 
         label = ", ".join(f"{k.split('.')[-1] if k != 'dataset' else ''}{'=' if k != 'dataset' else ''}{v}"
                           for k, v in zip(relevant, combo) if not k.startswith("~")) or choices["dataset"]
         parts.append(Part(label, per_group, int(cfg.trainer.epochs), sizes, source, weight_files(cfg.model),
-                          cfg.dataset.get("decode")))
+                          cfg.dataset.get("decode"), cfg))
     return parts
 
 
@@ -188,12 +195,14 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
-def plan_experiment(exp, profile: str, data_dir: str | None, rate: float | None, out) -> tuple[int, float, list]:
+def plan_experiment(exp, profile: str, data_dir: str | None, rate: float | None, out,
+                    runs_per_gpu: int = 1) -> tuple[int, float, float, list]:
+    """Print one experiment's plan; returns (runs, image-passes, GPU-hours or nan, missing files)."""
     cache: dict = {}
     tables = ", ".join(s.name for s in exp.tables)
     out("")
     out(f"{exp.name} (tables: {tables}) — {exp.tables[0].title if exp.tables else ''}")
-    parts_all = []
+    parts_all, hours, priced = [], 0.0, Pricing(rate, runs_per_gpu) if rate else None
     for i, sweep in enumerate(exp.sweeps or [{}], 1):
         parts = sweep_parts(exp, sweep, profile, data_dir, cache)
         parts_all += parts
@@ -201,38 +210,111 @@ def plan_experiment(exp, profile: str, data_dir: str | None, rate: float | None,
         for p in parts:
             size = "size unknown" if p.sizes is None else "train/val/test " + " / ".join(f"{n:,}" for n in p.sizes)
             out(f"    {p.label}: {p.runs} runs × ≤ {p.epochs} epochs, {size} → {_fmt(p.passes)} image-passes")
+            if priced:
+                h, line = priced.part(p)
+                hours += h
+                out(f"      {line}")
     runs, passes = sum(p.runs for p in parts_all), sum(p.passes for p in parts_all)
-    hours = f", {passes / rate / 3600:,.1f} GPU-hours at {rate:g} images/s" if rate else ""
-    out(f"  total: {runs} runs, {_fmt(passes)} image-passes{hours}"
-        f"{loader_cores({p.decode for p in parts_all if p.decode}, rate) if rate else ''}")
+    total = f", {hours:,.1f} GPU-hours" if priced else ""
+    out(f"  total: {runs} runs, {_fmt(passes)} image-passes{total}")
+    if priced:
+        out(f"  per GPU: memory ≥ {priced.gpu_gb:.2g} GB (weights, gradients, optimizer state, leaf activations at "
+            f"the batch size, × runs per GPU; a loss's per-example state such as ROLE's table comes on top: "
+            f"docs/performance.md 'At paper scale'); rates: {priced.basis()}")
+        out(rehearsal_line(exp.name))
     for src in dict.fromkeys(p.source for p in parts_all):
         out(f"  sizes: {src}")
     files = _files(exp, parts_all)
     for path, src, present in files:
         out(f"  {'present' if present else 'MISSING'}: {path} ({src})")
-    return runs, passes, [(path, src) for path, src, present in files if not present]
+    return runs, passes, (hours if priced else math.nan), [(path, src) for path, src, present in files if not present]
+
+
+def rehearsal_line(exp_name: str, folder: Path | None = None) -> str:
+    """The measured CPU side of one epoch from `make rehearse`'s full-size report (a scratch folder, default
+    REHEARSAL_DIR): per config, the loader's seconds per epoch at its images/s, the evaluation's seconds, the
+    peak host memory of the run process and of its loader workers."""
+    path = (folder or REHEARSAL_DIR) / f"{exp_name}-full.json"
+    try:
+        rows = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return f"  non-model CPU per epoch: not measured (make rehearse EXP={exp_name} writes {path})"
+    parts = []
+    for r in rows:
+        if not r.get("loader_img_s"):
+            continue
+        loader_s = r["train"] / r["loader_img_s"]
+        host = (r.get("peak_process_mb") or r.get("peak_data_process_mb") or 0) / 1024
+        parts.append(f"{r['config']} on {r['train']:,} × {r['classes']:,}: loader {loader_s:,.0f} s "
+                     f"({r['loader_img_s']:,.0f} img/s), evaluation {r.get('eval_s', '?')} s, host peak "
+                     f"{host:.1f} GB + workers {(r.get('peak_worker_mb') or 0) / 1024:.1f} GB")
+    return "  non-model CPU per epoch (make rehearse, this machine): " + ("; ".join(parts) or "no rows")
+
+
+COSTS: dict = {}       # model costs by model_key, shared by every experiment of a plan (counting them is not free)
+
+
+class Pricing:
+    """GPU time, memory and loader cores of each group of runs, at its model's own rate (experiments/drivers/
+    rates.py: measured by `make gpu-check`, else scaled from FLOPs from IMG_PER_S, the reference model's rate)."""
+
+    def __init__(self, ref_img_per_s: float, runs_per_gpu: int = 1, measured: dict | None = None) -> None:
+        self.ref, self.share = ref_img_per_s, runs_per_gpu
+        self.measured = rates.measured_rates() if measured is None else measured
+        self.cache = COSTS
+        self.gpu_gb = 0.0
+
+    def basis(self) -> str:
+        return (f"measured by make gpu-check where it ran (results/gpu_check/rates.json), else IMG_PER_S={self.ref:g} "
+                f"images/s of resnet50@224px scaled by FLOPs per image plus {rates.STEP_OVERHEAD_S * 1e3:g} ms per "
+                f"step assumed; {self.share} run(s) per GPU")
+
+    def part(self, p: Part) -> tuple[float, str]:
+        """(GPU-hours, one line) for a group of runs; also keeps the experiment's largest memory and cores."""
+        cfg = p.cfg
+        batch = int(cfg.trainer.batch_size)
+        rate, cost = rates.rate_for(cfg.model, cfg.dataset, batch, self.ref, self.measured, self.cache)
+        together = rate.shared(self.share)
+        hours = p.passes / together / 3600
+        gpu_gb = rates.gpu_memory_gb(cost, batch, rates.optimizer_states(cfg.optim)) * self.share
+        self.gpu_gb = max(self.gpu_gb, gpu_gb)
+        fill = math.ceil(1 / rate.busy())
+        hint = f"; RUNS_PER_GPU={fill} would fill it" if fill > self.share else ""
+        cores = loader_cores({p.decode}, together) if p.decode else ""
+        key = rates.model_key(cfg.model, rates.input_size(cfg.model, cfg.dataset)[1])
+        return hours, (f"{key}: {cost.flops / 1e9:.3g} GFLOPs/img, {cost.params / 1e6:.3g} M params → "
+                       f"{rates.fmt_rate(rate.img_per_s)} img/s per run at batch {batch} ({rate.source.split(' (')[0]}"
+                       f"; the GPU computes {rate.busy():.0%} of a step{hint}); {self.share} per GPU: "
+                       f"{hours:,.1f} GPU-hours, GPU memory ≥ {gpu_gb:.2g} GB{cores}")
 
 
 def main(profile: str = "paper", exps: list[str] | None = None, data_dir: str | None = None,
-         img_per_s: float | None = None, out=print) -> int:
+         img_per_s: float | None = None, out=print, runs_per_gpu: int | None = None) -> int:
     """Print the plan of a profile: 0, or 2 after one `error:` line for bad input (missing files are listed)."""
     try:
-        return _plan(profile, exps, data_dir, img_per_s, out)
+        return _plan(profile, exps, data_dir, img_per_s, out, runs_per_gpu)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def _plan(profile: str, exps: list[str] | None, data_dir: str | None, img_per_s: float | None, out) -> int:
+def _plan(profile: str, exps: list[str] | None, data_dir: str | None, img_per_s: float | None, out,
+          runs_per_gpu: int | None = None) -> int:
+    if runs_per_gpu is None:
+        runs_per_gpu = runner.runs_per_gpu_from_env() or 1
     if img_per_s is not None and img_per_s <= 0:
-        raise UserError(f"IMG_PER_S={img_per_s}: give the measured images per second of one GPU (> 0)")
+        raise UserError(f"IMG_PER_S={img_per_s}: give the measured images per second of one GPU (> 0) for "
+                        f"resnet50 at 224 px")
+    if runs_per_gpu < 1:
+        raise UserError(f"RUNS_PER_GPU={runs_per_gpu}: give the number of runs sharing one GPU (≥ 1)")
     out(f"PLAN PROFILE={profile}: nothing is trained; epochs are maxima (early stopping may end runs sooner); "
         f"image-passes = runs × ((train + val) × epochs + test)")
-    total_runs, total_passes, missing = 0, 0.0, []
+    total_runs, total_passes, total_hours, missing = 0, 0.0, 0.0, []
     for exp in discover(profile, exps or None, data_dir):
-        runs, passes, miss = plan_experiment(exp, profile, data_dir, img_per_s, out)
-        total_runs, total_passes, missing = total_runs + runs, total_passes + passes, missing + miss
-    hours = f", {total_passes / img_per_s / 3600:,.1f} GPU-hours" if img_per_s else " (IMG_PER_S=<rate> adds GPU-hours)"
+        runs, passes, hours, miss = plan_experiment(exp, profile, data_dir, img_per_s, out, runs_per_gpu)
+        total_runs, total_passes, total_hours = total_runs + runs, total_passes + passes, total_hours + hours
+        missing += miss
+    hours = f", {total_hours:,.1f} GPU-hours" if img_per_s else " (IMG_PER_S=<rate> adds GPU-hours)"
     out("")
     out(f"ALL: {total_runs} runs, {_fmt(total_passes)} image-passes{hours}")
     for path, src in dict.fromkeys(missing):
@@ -245,9 +327,12 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="paper", choices=PROFILES)
     ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--img-per-s", type=float, default=None, help="images per second of one GPU, for GPU-hours")
+    ap.add_argument("--img-per-s", type=float, default=None,
+                    help="images/s of one GPU training resnet50 at 224 px (large batch), for GPU-hours")
+    ap.add_argument("--runs-per-gpu", type=int, default=None, help="runs sharing one GPU (default: RUNS_PER_GPU or 1)")
     args = ap.parse_args(argv)
-    return main(args.profile, [e for e in args.exp.split(",") if e], args.data_dir, args.img_per_s)
+    return main(args.profile, [e for e in args.exp.split(",") if e], args.data_dir, args.img_per_s,
+                runs_per_gpu=args.runs_per_gpu)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,58 @@ def measure_point(overrides: list[str], carried, loader_batches: int) -> dict:
     return out
 
 
+def measure_steps(overrides: list[str], steps: int) -> dict:
+    """In a fresh process: the run's trainer (real optimizers, schedule, loss state) for `steps` training batches
+    of its first epoch, then the checkpoint an interruption writes. Per-step time is the median over the steps
+    after the first; `epoch_est_s` is that times the epoch's batches. For an epoch too long for a CPU: nothing is
+    recorded, so there is no run JSON or table."""
+    import tempfile
+
+    import torch
+
+    from experiments.drivers.train import _validated
+    from experiments.engine.config import build_components
+    from experiments.engine.process import configure_process, seed_everything
+    from experiments.engine.trainer import Trainer
+
+    cfg, _ = runner.Composer()(overrides)
+    tcfg, ocfg, schedule = _validated(cfg)
+    configure_process(tcfg)
+    seed_everything(int(cfg.seed), tcfg.deterministic)
+    data, loss, model, metrics = build_components(cfg)
+    marks: list[float] = []
+
+    def stop() -> str | None:
+        marks.append(time.perf_counter())
+        return "rehearsal steps" if len(marks) > steps else None
+
+    with tempfile.TemporaryDirectory(prefix="rehearse-") as work:
+        trainer = Trainer(tcfg, ocfg, Path(work), int(cfg.seed), log=lambda *a, **k: None, schedule=schedule)
+        fit = trainer.fit(model, loss, data, metrics, stop=stop)
+        end = time.perf_counter()
+        ckpt = sum(p.stat().st_size for p in Path(work).rglob("*") if p.is_file())
+    gaps = sorted(b - a for a, b in zip(marks[1:], marks[2:]))
+    step_s = gaps[len(gaps) // 2] if gaps else None
+    batches = -(-len(data.train) // int(tcfg.batch_size))
+    return {"status": "steps" if fit.interrupted else "completed", "steps": len(marks) - 1,
+            "step_s": round(step_s, 4) if step_s else None,
+            "epoch_est_s": round(step_s * batches, 1) if step_s else None,
+            "checkpoint_s": round(end - marks[-1], 2), "checkpoint_mb": round(ckpt / MB, 1),
+            "peak_process_mb": _peak_mb(), "peak_worker_mb": _peak_mb(resource.RUSAGE_CHILDREN),
+            "torch_threads": torch.get_num_threads()}
+
+
+def measure_only_data(overrides: list[str], loader_batches: int) -> dict:
+    from experiments.drivers.train import _validated
+    from experiments.engine.process import configure_process
+
+    cfg, _ = runner.Composer()(overrides)
+    configure_process(_validated(cfg)[0])
+    out = measure_data(cfg, loader_batches)
+    out["peak_data_process_mb"] = _peak_mb()
+    return out
+
+
 def render_in_child(exp_names: list[str], data_dir: str, results_dir: str, planned: set[str]) -> dict:
     """Tables and figures of the rehearsal's runs (`planned`), as reproduce renders them, timed, with peak
     memory."""
@@ -205,7 +257,9 @@ def folder_bytes(path: Path) -> int:
 # ---------------------------------------------------------------------- 4. report
 COLUMNS = (("config", "config"), ("train", "train"), ("classes", "classes"), ("build_s", "listing+index s"),
            ("first_batch_s", "first batch s"), ("loader_img_s", "loader img/s"), ("eval_s", "eval s"),
-           ("eval_peak_growth_mb", "eval +MB"), ("train_epoch_s", "epoch s"), ("peak_process_mb", "peak MB"),
+           ("eval_peak_growth_mb", "eval +MB"), ("train_epoch_s", "epoch s"), ("step_s", "step s"),
+           ("epoch_est_s", "epoch est. s"), ("checkpoint_mb", "ckpt MB"), ("checkpoint_s", "ckpt s"),
+           ("peak_process_mb", "peak MB"),
            ("peak_worker_mb", "worker MB"), ("json_kb", "run JSON KB"), ("status", "status"))
 
 
@@ -219,7 +273,7 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def rehearse(exp_name: str, data: Path, results: Path, scale: str, only: list[str] = (), limit: int | None = None,
-             loader_batches: int = 50, extra: list[str] = (), out=print) -> dict:
+             loader_batches: int = 50, extra: list[str] = (), out=print, steps: int | None = None) -> dict:
     if results.resolve() == (ROOT / "results").resolve():
         raise UserError(f"RESULTS={results} is the project's results folder; give a scratch folder "
                         f"(e.g. RESULTS=/tmp/rehearse/results): rehearsal runs mean nothing")
@@ -238,7 +292,11 @@ def rehearse(exp_name: str, data: Path, results: Path, scale: str, only: list[st
     for p in kept:
         label = short_label(p, conf["dataset"])
         out(f"  running {label}")
-        row = {"config": label, **in_child(measure_point, p.overrides, p.carried, loader_batches)}
+        if steps:
+            row = {"config": label, **in_child(measure_only_data, p.overrides, loader_batches),
+                   **in_child(measure_steps, p.overrides, steps)}
+        else:
+            row = {"config": label, **in_child(measure_point, p.overrides, p.carried, loader_batches)}
         row["json_kb"] = round(p.path.stat().st_size / 1024, 1) if p.path.exists() else None
         rows.append(row)
     render = in_child(render_in_child, [exp_name], str(data), str(results),
@@ -264,15 +322,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated strings every kept config's label holds")
     ap.add_argument("--limit", type=int, default=None, help="at most this many configs")
     ap.add_argument("--set", action="append", default=[], help="an override for every run, e.g. trainer.num_workers=4")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train this many batches of the first epoch instead of running it whole (no run recorded)")
     ap.add_argument("--loader-batches", type=int, default=50, help="batches timed for the loader's images/s")
     args = ap.parse_args(argv)
     try:
         report = rehearse(args.exp, Path(args.data).absolute(), Path(args.results).absolute(), args.scale,
-                          [s for s in args.only.split(",") if s], args.limit, args.loader_batches, args.set)
+                          [s for s in args.only.split(",") if s], args.limit, args.loader_batches, args.set,
+                          steps=args.steps)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bad = [r for r in report["runs"] if r.get("status") != "completed"] or report["render"]["errors"]
+    bad = [r for r in report["runs"] if r.get("status") not in ("completed", "steps")] or report["render"]["errors"]
     return 1 if bad else 0
 
 

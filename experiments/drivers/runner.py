@@ -275,8 +275,11 @@ def execute(overrides: list[str], composer: Composer, carried: tuple[dict, dict,
     return out
 
 
-def _serve(wid: int, inbox: Any, outbox: Any) -> None:
-    """A worker's loop: run configs until told to stop, interrupted, or orphaned by the driver."""
+def _serve(wid: int, inbox: Any, outbox: Any, gpu: str | None = None) -> None:
+    """A worker's loop: run configs until told to stop, interrupted, or orphaned by the driver. `gpu`: the one
+    device this worker's runs see (`gpu_slots`), set before anything initialises CUDA."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     composer, parent = Composer(), os.getppid()
     try:
         while os.getppid() == parent:
@@ -295,31 +298,65 @@ def _serve(wid: int, inbox: Any, outbox: Any) -> None:
         pass
 
 
+RUNS_PER_GPU = "RUNS_PER_GPU"    # environment (a make variable): runs sharing one GPU; unset: every worker sees all
+
+
+def gpu_slots(size: int, runs_per_gpu: int | None, visible: list[str]) -> list[str | None]:
+    """The device each of `size` worker slots sees: GPU 0 takes `runs_per_gpu` slots, then GPU 1, ..., wrapping
+    around when there are more slots than GPUs × runs_per_gpu; all None when not asked or no GPU is visible."""
+    if not runs_per_gpu or not visible:
+        return [None] * size
+    return [visible[(slot // runs_per_gpu) % len(visible)] for slot in range(size)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may hand to workers (CUDA_VISIBLE_DEVICES if set, else 0..n-1)."""
+    import torch
+
+    n = torch.cuda.device_count()
+    listed = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return (listed or [str(i) for i in range(n)])[:n]
+
+
+def runs_per_gpu_from_env() -> int | None:
+    value = os.environ.get(RUNS_PER_GPU, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{RUNS_PER_GPU}={value!r}: give the number of runs sharing one GPU (an integer ≥ 1)")
+    return int(value)
+
+
 @dataclass
 class Worker:
     proc: Any
     inbox: Any
     task: int | None = None
     key: str | None = None
+    slot: int = 0
 
 
 class Pool:
-    """`size` spawned worker processes, each with its own inbox and one shared outbox."""
+    """`size` spawned worker processes, each with its own inbox and one shared outbox; with RUNS_PER_GPU set,
+    each worker slot is pinned to one GPU (`gpu_slots`), a respawned worker taking its predecessor's slot."""
     def __init__(self, size: int) -> None:
         self.ctx = mp.get_context("spawn")
         self.outbox = self.ctx.Queue()
         self.workers: dict[int, Worker] = {}
         self._next = 0
+        share = runs_per_gpu_from_env()
+        self.gpus = gpu_slots(size, share, visible_gpus() if share else [])
         for _ in range(size):
             self.spawn()
 
     def spawn(self) -> None:
         wid, self._next = self._next, self._next + 1
+        slot = min(set(range(len(self.gpus))) - {w.slot for w in self.workers.values()})
         inbox = self.ctx.Queue()
-        proc = self.ctx.Process(target=_serve, args=(wid, inbox, self.outbox), name=f"losslab-worker-{wid}",
-                                daemon=True)
+        proc = self.ctx.Process(target=_serve, args=(wid, inbox, self.outbox, self.gpus[slot]),
+                                name=f"losslab-worker-{wid}", daemon=True)
         proc.start()
-        self.workers[wid] = Worker(proc, inbox)
+        self.workers[wid] = Worker(proc, inbox, slot=slot)
 
     def send(self, worker: Worker, index: int, point: Point) -> None:
         worker.task, worker.key = index, point.dataset_key
