@@ -84,3 +84,17 @@ def test_runs_per_gpu_from_the_environment(monkeypatch):
     monkeypatch.setenv("RUNS_PER_GPU", "0")
     with pytest.raises(UserError, match="RUNS_PER_GPU='0'"):
         runner.runs_per_gpu_from_env()
+
+
+def test_gpu_check_writes_the_rates_the_plan_then_uses(tmp_path, monkeypatch):
+    """gpu-check's rate step (here on the CPU, one small model) writes rates.json; rate_for then reports the
+    measured rate instead of the FLOPs scaling."""
+    from experiments.drivers import gpu_check
+
+    monkeypatch.setattr(gpu_check, "paper_models", lambda: {"lenet@default": (_model("lenet"), 3, None, 8)})
+    path = tmp_path / "rates.json"
+    assert gpu_check.measure_paper_rates("cpu", path)
+    measured = rates.measured_rates(path)
+    assert set(measured) == {"lenet@default"} and measured["lenet@default"]["device"] == "cpu"
+    r, _ = rates.rate_for(_model("lenet"), OmegaConf.create({}), 8, 3000.0, measured, {})
+    assert r.img_per_s == measured["lenet@default"]["img_per_s"] and "measured by gpu-check on cpu" in r.source
