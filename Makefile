@@ -36,7 +36,7 @@ test: install ## fast test suite (not marked slow)
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest -q
 
-reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm BUDGET=x (training length ×x) KEEP_STALE=1 (runs of changed code kept, marked, not re-run) ALLOW_MISSING=1 (paper: run the configs whose data is present, the rest 'n/a — data missing'); PLAN=1 [IMG_PER_S=x] only prints the plan
+reproduce-table: install ## run unfinished configs (JOBS=n worker processes), render tables+figures: PROFILE=smoke|default|paper EXP=name LAUNCHER=slurm BUDGET=x (training length ×x) KEEP_STALE=1 (runs of changed code kept, marked, not re-run) ALLOW_MISSING=1 (paper: run the configs whose data is present, the rest 'n/a — data missing'); RUNS_PER_GPU=r (JOBS workers pinned r per GPU); PLAN=1 [IMG_PER_S=x (ResNet-50 at 224 px; each model priced at its own rate) RUNS_PER_GPU=r] only prints the plan
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --jobs $(JOBS) --results-dir $(RESULTS) $(if $(EXP),--exp $(EXP)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PLAN),--plan) $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(KEEP_STALE),--keep-stale) $(if $(ALLOW_MISSING),--allow-missing)
 
 tables: install ## re-render tables (and figures) from existing runs only
@@ -56,8 +56,8 @@ verify: install ## did it reproduce? a verdict per table cell of RESULTS against
 bench: install ## measured speed ratios (losses, trainer, data path, fixed cost per run, no-op re-run) -> results/bench/bench.json; BENCH_PROFILE=1 adds the default profile's wall time and memory
 	OMP_NUM_THREADS=1 $(PY) -m experiments.drivers.bench
 
-rehearse: install ## EXP=<paper experiment> DATA=<folder>: write its datasets (where absent) in their real formats at real counts with tiny images, run one epoch per (dataset, loss) with a small model, print listing/first-batch/loader/eval/memory/size figures; SCALE=small, ONLY=loss=role, RESULTS=/tmp/...
-	nice -n $(NICE) $(PY) -m experiments.drivers.rehearse --exp $(EXP) --data $(DATA) --scale $(SCALE) --results $(if $(filter results,$(RESULTS)),/tmp/rehearse/results,$(RESULTS)) $(if $(ONLY),--only $(ONLY))
+rehearse: install ## EXP=<paper experiment> DATA=<folder>: write its datasets (where absent) in their real formats at real counts with tiny images, run one epoch per (dataset, loss) with a small model, print listing/first-batch/loader/eval/memory/size figures; SCALE=small, ONLY=loss=role, STEPS=n (n batches instead of the epoch: no run recorded), RESULTS=/tmp/...
+	nice -n $(NICE) $(PY) -m experiments.drivers.rehearse --exp $(EXP) --data $(DATA) --scale $(SCALE) --results $(if $(filter results,$(RESULTS)),/tmp/rehearse/results,$(RESULTS)) $(if $(ONLY),--only $(ONLY)) $(if $(STEPS),--steps $(STEPS))
 
 gpu-check: install ## on a GPU machine (≤ 5 min): the cuda tests, a timed rehearsal slice, a small table GPU vs CPU; without a GPU one line, exit 0
 	$(PY) -m experiments.drivers.gpu_check --data $(if $(DATA),$(DATA),/tmp/rehearse-data)
