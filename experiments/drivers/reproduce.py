@@ -28,7 +28,7 @@ from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, di
 from experiments.drivers.train import compose_config
 from experiments.engine.budget import at_budget, factor
 from experiments.engine.errors import UserError
-from experiments.report import reproducibility
+from experiments.report import render_cache, reproducibility
 from experiments.report.plots import render_figure
 from experiments.report.tables import render, write_paper_template
 from experiments.store.frame import _flatten, load_runs
@@ -82,11 +82,6 @@ def load_for_render(results_dir: Path, budget: float = 1.0, keep_stale: bool = F
     return df
 
 
-def planned_run_ids(exps: list[Experiment], profile: str, results_dir: Path) -> set[str]:
-    """The run ids of every config the profile plans for `exps` (composed from the plan cache: about a second)."""
-    return {p.run_id for p in runner.plan(exps, profile, results_dir) if p.run_id}
-
-
 def render_items(experiments: list[Experiment]) -> list[tuple[str, Any]]:
     """Every figure, then every table, of the experiments (figures first: they take longer)."""
     return ([("figure", spec) for exp in experiments for spec in exp.figures]
@@ -113,22 +108,51 @@ def _render_safely(item: tuple[str, Any], results_dir: Path, df) -> tuple[str, A
 
 
 def render_everything(exps: list[Experiment], results_dir: Path, budget: float = 1.0, keep_stale: bool = False,
-                      planned: set[str] | None = None) -> tuple[list[dict], list[Path], list[str]]:
-    """Every table and figure of the runs at `budget` (of the `planned` run ids, if given), in this process.
+                      planned: set[str] | None = None, points: list[runner.Point] | None = None
+                      ) -> tuple[list[dict], list[Path], list[str]]:
+    """Every table and figure of the runs at `budget` (of the `planned` run ids, or of the `points` planned, if
+    given), in this process. Given the `points`, an item whose inputs did not change since the last rendering is
+    not drawn again (experiments.report.render_cache) and the runs are read only when some item must be drawn.
     Returns the table summaries, the figure files and the errors. (A forked second renderer saved ~4 s on the
     default profile but could hang: forking copies locks that other threads hold — torch's, or pyarrow's jemalloc
-    thread, loaded with the GloVe index — and one such hang stopped `make converge-check`.)"""
-    df = load_for_render(results_dir, budget, keep_stale, planned)
+    thread, loaded with the GloVe index.)"""
+    if points is not None:
+        planned = {p.run_id for p in points if p.run_id}
     items = render_items(exps)
-    results = [_render_safely(item, results_dir, df) for item in items]
+    cache = render_cache.RenderCache(results_dir) if points is not None else render_cache.NoCache()
+    base = f"{render_cache.code_digest(ROOT)} budget={budget!r} keep_stale={keep_stale}"
+    runs = render_cache.runs_digest(points or [])
+    converged = results_dir / "converge" / "summary.json"
+    paper_dir = ROOT / "results" / "paper_reference"
+
+    def key_of(item: tuple[str, Any]) -> str:
+        kind, spec = item
+        extra = [converged, paper_dir / f"{spec.stem}.csv"] if kind == "table" else []
+        return render_cache.item_key(f"{base} {kind} {spec.name}", runs.get(spec.experiment, "no plan"), extra)
+
+    def draw(todo: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        df = load_for_render(results_dir, budget, keep_stale, planned)
+        return [_render_safely(item, results_dir, df) for item in todo]
+
+    results = render_cache.render_cached(items, cache, key_of, _outputs, draw)
+    cache.save()
     summary = [r for (kind, _), (_, r) in zip(items, results) if kind == "table" and r is not None]
     figures = [Path(p) for (kind, _), (_, r) in zip(items, results) if kind == "figure" and r for p in r]
     return summary, figures, [error for error, _ in results if error]
 
 
-def train_missing(exps: list[Experiment], args: argparse.Namespace, results_dir: Path) -> tuple[int, set[str]]:
+def _outputs(item: tuple[str, Any], result: Any) -> list[str]:
+    """The files an item wrote, which must still exist for its cached rendering to stand."""
+    kind, _ = item
+    if kind == "figure":
+        return list(result or [])
+    return [result["table"]] if isinstance(result, dict) and "table" in result else []
+
+
+def train_missing(exps: list[Experiment], args: argparse.Namespace,
+                  results_dir: Path) -> tuple[int, list[runner.Point]]:
     """Plan every config in-process, then run the unfinished ones; returns the number of failures and the planned
-    run ids (the runs the tables read)."""
+    points (their runs are the ones the tables read)."""
     t0 = time.time()
     points = runner.plan(exps, args.profile, results_dir)
     if args.profile == "paper":
@@ -150,15 +174,14 @@ def train_missing(exps: list[Experiment], args: argparse.Namespace, results_dir:
         print(f"error: {p.title}: {p.error}", file=sys.stderr)
     pending = [p for p in points if p.state == "pending"]
     print(f"planned {len(points)} configs in {time.time() - t0:.1f} s; {len(pending)} to run", flush=True)
-    planned = {p.run_id for p in points if p.run_id}
     if args.launcher:
-        return len(errors) + launch(exps, pending, args, results_dir), planned
+        return len(errors) + launch(exps, pending, args, results_dir), points
     tally = runner.run_points(pending, args.jobs)
     if pending:
         print(tally.summary())
     for failure in tally.failures:
         print(f"  failed {failure}", file=sys.stderr)
-    return len(errors) + tally.failed, planned
+    return len(errors) + tally.failed, points
 
 
 def launch(exps: list[Experiment], pending: list[runner.Point], args: argparse.Namespace, results_dir: Path) -> int:
@@ -213,15 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.render_only:
-        sweep_failures, planned = 0, planned_run_ids(exps, args.profile, results_dir)
+        sweep_failures, points = 0, runner.plan(exps, args.profile, results_dir)
     else:
         try:
-            sweep_failures, planned = train_missing(exps, args, results_dir)
+            sweep_failures, points = train_missing(exps, args, results_dir)
         except KeyboardInterrupt as e:
             print(f"\ninterrupted{f' ({e})' if str(e) else ''}: unfinished runs resume from their last checkpoint "
                   f"when started again", file=sys.stderr)
             return 130
-    summary, figures, render_errors = render_everything(exps, results_dir, budget, args.keep_stale, planned)
+    summary, figures, render_errors = render_everything(exps, results_dir, budget, args.keep_stale, points=points)
+    planned = {p.run_id for p in points if p.run_id}
     for error in render_errors:
         print(f"error: {error}", file=sys.stderr)
     minutes = (time.time() - t0) / 60
