@@ -32,6 +32,7 @@ class Status:
     counts: dict[str, Counter] = field(default_factory=dict)                        # experiment -> column -> n
     changed: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # file -> experiment -> n
     errors: list[str] = field(default_factory=list)
+    seconds: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (experiment, dataset) -> durations
 
 
 def why_stale(record: dict) -> list[str]:
@@ -53,6 +54,10 @@ def collect(exps: list[Experiment], profile: str, results_dir: Path) -> Status:
         if column is None:
             continue
         out.counts.setdefault(p.exp, Counter())[column] += 1
+        if column == "finished":
+            record = store.read_record(p.path) or {}
+            if isinstance(record.get("duration_s"), (int, float)):
+                out.seconds.setdefault((p.exp, str(record.get("dataset"))), []).append(record["duration_s"])
         if column == "stale":
             for path in why_stale(store.read_record(p.path) or {}):
                 out.changed[path][p.exp] += 1
@@ -71,8 +76,24 @@ def report(status: Status, out=print) -> None:
         parts = [f"{n} {'runs' if n != 1 else 'run'} of {exp}" if i == 0 else f"{n} of {exp}"
                  for i, (exp, n) in enumerate(per_exp.most_common())]
         out(f"  {path} changed: {', '.join(parts)}")
+    report_seconds(status.seconds, out)
     for error in status.errors:
         out(f"error: {error}")
+
+
+def report_seconds(seconds: dict[tuple[str, str], list[float]], out=print) -> None:
+    """What each part of the profile costs: the finished runs' own durations (`duration_s`, training and
+    evaluation in the worker, without its start-up) per experiment and dataset, summed, with their share."""
+    if not seconds:
+        return
+    total = sum(sum(v) for v in seconds.values())
+    out("")
+    out(f"run time of the finished runs (s, one thread per run; {total:.0f} s in all):")
+    width = max(len(f"{exp} / {data}") for exp, data in seconds)
+    for (exp, data), values in sorted(seconds.items(), key=lambda item: -sum(item[1])):
+        part = sum(values)
+        out(f"  {f'{exp} / {data}':<{width}}  {part:7.1f} s  {len(values):4d} runs  {part / len(values):5.2f} s/run  "
+            f"{100 * part / total:4.1f} %")
 
 
 def main(argv: list[str] | None = None) -> int:
