@@ -19,10 +19,6 @@ def _marked(path) -> object:
     main = OmegaConf.to_container(OmegaConf.load(path)).get("tables", {}).get("main") or {}
     fast = "default" in (main.get("profiles") or [])
     marks = [] if fast else [pytest.mark.slow]
-    if path.stem == "cce_imbalanced":   # the lead's file; the fix (tested on a copy) is in the issue 32 report
-        marks.append(pytest.mark.xfail(strict=True, reason="its base (synthetic_cifar10 with 250 per class, ρ = 1) "
-                                       "is no cell: set dataset.n_train_per_class 150 and imbalance.ratio 10, and "
-                                       "drop n_train_per_class on the digits lines ('~dataset.n_train_per_class')"))
     return pytest.param(path.stem, marks=marks)
 
 

@@ -106,6 +106,21 @@ def results_folder(path: str | Path, option: str) -> Path:
     return path
 
 
+SWEEP_PROFILES = "profiles"   # a sweep's own key: the profiles it runs in (default: every profile of its experiment)
+
+
+def in_profile(sweeps: list[dict], profile: str) -> list[dict]:
+    """The sweeps that run in `profile`, without their `profiles` key (a list, or a comma-separated string)."""
+    out = []
+    for sweep in sweeps:
+        sweep = dict(sweep)
+        only = sweep.pop(SWEEP_PROFILES, None)
+        names = only.split(",") if isinstance(only, str) else only
+        if names is None or profile in [str(n).strip() for n in names]:
+            out.append(sweep)
+    return out
+
+
 def _discover(profile: str, only: list[str] | None, data_dir: str | None) -> list[Experiment]:
     names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
     if only:
@@ -123,7 +138,7 @@ def _discover(profile: str, only: list[str] | None, data_dir: str | None) -> lis
         main = next((s for s in specs if s.name == "main"), None)
         if main is None or profile not in main.profiles:
             continue
-        sweeps = OmegaConf.to_container(cfg.sweeps, resolve=True) if "sweeps" in cfg else []
+        sweeps = in_profile(OmegaConf.to_container(cfg.sweeps, resolve=True) if "sweeps" in cfg else [], profile)
         figs = [FigureSpec.from_config(cfg.experiment_name, fname, node) for fname, node in
                 (OmegaConf.to_container(cfg.figures, resolve=False) if "figures" in cfg else {}).items()
                 if node is not None]   # an experiment that extends another drops a figure with `<name>: null`
