@@ -22,12 +22,13 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 import yaml
 
-from experiments.drivers.catalog import ROOT, Experiment
+from experiments.engine.config import CONF_DIR
 from experiments.engine.checkpoint import atomic_write
 from experiments.report import claims as claimlib
 from experiments.report import converge, tables
 
-CONF_DIR = ROOT / "conf"
+ROOT = CONF_DIR.parent
+Experiment = Any   # experiments.drivers.catalog.Experiment (a driver: the report floor sits below it)
 CLAIMS_DIR = CONF_DIR / "claims"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
