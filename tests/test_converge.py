@@ -266,6 +266,9 @@ def test_summary_merges_tables_and_the_footer_reads_it(tmp_path):
     converge_cli.write_summary(path, {"exp_b": _entry(cce=dict(significant=False, diff=-0.05))})
     tables = converge.read_summary(path)
     assert sorted(tables) == ["exp_a", "exp_b"]
+    rows = (path.parent / converge.SUMMARY_MD).read_text().splitlines()[-2:]
+    assert rows[0].startswith("| exp_a | paper | 1 → 2 | 0 of 3 (0 borderline) | 0 of 4 | 0.00, 0.00 | **converged** |")
+    assert rows[1].startswith("| exp_b | paper | 1 → 2 | 1 of 3 ") and "**not converged**" in rows[1]
     line = _converged_line(TableSpec("exp_a"), {"length": {"budget": ["1"], "trainer.epochs": ["24"]},
                                                 "converge": tables["exp_a"]})
     assert line.startswith("Converged: training length budget 1, trainer.epochs 24; at 2× budget 1 0 of 3 "

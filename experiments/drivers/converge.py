@@ -116,6 +116,7 @@ def write_summary(path: Path, entries: dict[str, dict]) -> None:
         known = {}
     tables = {**known.get("tables", {}), **entries}
     atomic_write(path, (json.dumps({"tables": dict(sorted(tables.items()))}, indent=1) + "\n").encode())
+    atomic_write(path.with_name(converge.SUMMARY_MD), converge.summary_markdown(tables).encode())
 
 
 def _number(value: str, make_name: str, option: str) -> float:

@@ -210,6 +210,30 @@ def markdown(result: pd.DataFrame, keys: list[str], title: str, lines: list[str]
 
 
 SUMMARY = "summary.json"
+SUMMARY_MD = "summary.md"
+
+
+def summary_markdown(tables: dict[str, dict]) -> str:
+    """Every checked table's verdict in one markdown table (`<out>/summary.md`, what docs and the report link to):
+    table, role, budgets, conclusions changed, cells beyond their MDE, |shift| / MDE, verdict, when and where."""
+    out = ["# Convergence check: every table", "",
+           "Written by `make converge-check` (experiments/drivers/converge.py) from `summary.json`; one row per table "
+           "checked, the latest check of each. Criterion and columns: docs/convergence.md.", "",
+           "| table | role | budget → checked | conclusions changed | cells beyond their MDE | |shift| / MDE median, "
+           "max | verdict | checked on |", "|---|---|---|---|---|---|---|---|"]
+    for stem, e in sorted(tables.items()):
+        if "conclusions" not in e:
+            out.append(f"| {stem} | {e.get('role', '')} | – | – | – | – | {e.get('verdict') or e.get('error', '')} | "
+                       f"{e.get('date', '')} |")
+            continue
+        budget = f"{e['budget']:g} → {e['budget'] * e['factor']:g}"
+        ratio = ("–" if e["shift_over_mde_median"] is None
+                 else f"{e['shift_over_mde_median']:.2f}, {e['shift_over_mde_max']:.2f}")
+        state = e.get("verdict") or (CONVERGED if e.get("passed") else NOT_CONVERGED)
+        out.append(f"| {stem} | {e['role']} | {budget} | {e['n_changed']} of {e['conclusions']} "
+                   f"({e.get('n_borderline', 0)} borderline) | {e['n_beyond_mde']} of {e['cells']} | {ratio} | "
+                   f"**{state}** | {e['date']}, {e['machine']} |")
+    return "\n".join(out) + "\n"
 
 
 def read_summary(path) -> dict[str, dict]:
