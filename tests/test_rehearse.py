@@ -73,3 +73,16 @@ def test_rehearsal_refuses_the_project_results_folder(tmp_path):
 
     with pytest.raises(UserError, match="scratch folder"):
         rehearse.rehearse("avgk_paper", tmp_path, ROOT / "results", "small")
+
+
+@pytest.mark.slow   # ~25 s: plans avgk_paper and trains 3 batches of ROLE at small scale
+def test_rehearsal_steps_mode_times_a_fixed_number_of_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(rehearse, "in_child", lambda fn, *args: fn(*args))
+    report = rehearse.rehearse("avgk_paper", tmp_path / "data", tmp_path / "results", "small",
+                               only=["loss=role"], limit=1, loader_batches=2, steps=3,
+                               extra=["trainer.num_workers=0", "trainer.batch_size=4"], out=lambda *a: None)
+    [row] = report["runs"]
+    assert (row["status"], row["steps"]) == ("steps", 3), row       # 36 images / 4 = 9 batches: stopped after 3
+    assert row["step_s"] > 0 and row["epoch_est_s"] == pytest.approx(row["step_s"] * 9, rel=0.01, abs=0.1)
+    assert row["checkpoint_mb"] > 0                                 # the interruption's checkpoint (table + momentum)
+    assert row["json_kb"] is None                                   # nothing recorded in steps mode
