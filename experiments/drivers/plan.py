@@ -232,8 +232,9 @@ def plan_experiment(exp, profile: str, data_dir: str | None, rate: float | None,
 
 def rehearsal_line(exp_name: str, folder: Path | None = None) -> str:
     """The measured CPU side of one epoch from `make rehearse`'s full-size report (a scratch folder, default
-    REHEARSAL_DIR): per config, the loader's seconds per epoch at its images/s, the evaluation's seconds, the
-    peak host memory of the run process and of its loader workers."""
+    REHEARSAL_DIR): per config, the loader's seconds per epoch at its images/s, a training step with the stand-in
+    model (the loss, its per-example state and the optimizer: ROLE's table shows here), the evaluation's seconds
+    (val + test, every metric), the peak host memory of the run process and of its loader workers."""
     path = (folder or REHEARSAL_DIR) / f"{exp_name}-full.json"
     try:
         rows = json.loads(path.read_text())["runs"]
@@ -244,9 +245,12 @@ def rehearsal_line(exp_name: str, folder: Path | None = None) -> str:
         if not r.get("loader_img_s"):
             continue
         loader_s = r["train"] / r["loader_img_s"]
-        host = (r.get("peak_process_mb") or r.get("peak_data_process_mb") or 0) / 1024
-        parts.append(f"{r['config']} on {r['train']:,} × {r['classes']:,}: loader {loader_s:,.0f} s "
-                     f"({r['loader_img_s']:,.0f} img/s), evaluation {r.get('eval_s', '?')} s, host peak "
+        host = max(r.get("peak_process_mb") or 0, r.get("peak_data_process_mb") or 0) / 1024
+        label = " ".join(t for t in r["config"].split() if t.startswith(("dataset=", "loss="))) or r["config"]
+        parts.append(f"{label} on {r['train']:,} × {r['classes']:,}: loader {loader_s:,.0f} s "
+                     f"({r['loader_img_s']:,.0f} img/s), " + (f"training step with the stand-in model "
+                     f"{r['step_s']} s ({r['epoch_est_s']:,.0f} s/epoch), " if r.get("step_s") else "")
+                     + f"evaluation {r.get('eval_s', '?')} s, host peak "
                      f"{host:.1f} GB + workers {(r.get('peak_worker_mb') or 0) / 1024:.1f} GB")
     return "  non-model CPU per epoch (make rehearse, this machine): " + ("; ".join(parts) or "no rows")
 
