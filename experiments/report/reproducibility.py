@@ -114,12 +114,9 @@ def deciding(row: Mapping[str, Any]) -> str:
 
 
 def qualifiers(row: Mapping[str, Any]) -> str:
-    marks = []
     if row["verdict"] == claimlib.NOT_RUN:
-        marks.append("not run in this profile")
-    if row["converge"] != claimlib.CONVERGED:
-        marks.append(str(row["converge"]))
-    return "; ".join(marks)
+        return "not run in this profile"
+    return "" if row["converge"] == claimlib.CONVERGED else str(row["converge"])
 
 
 def claim_line(row: Mapping[str, Any]) -> str:
@@ -130,13 +127,22 @@ def claim_line(row: Mapping[str, Any]) -> str:
 
 
 def readme_block(rows: pd.DataFrame) -> str:
-    """The README's claims summary: one bullet per claim, setting and metric (what `make tables` writes)."""
+    """The README's claims summary: one bullet per claim, setting and metric that ran, and one per claim for the
+    settings this profile does not run (what `make tables` writes)."""
     if rows.empty:
         return "No claims evaluated yet: `make tables` writes this summary."
-    lines = [f"- {claim_line(r)}" for _, r in rows.iterrows()]
-    return ("Verdicts per claim and setting, from `results/report/claims.csv` (rendered by "
-            "experiments/report/reproducibility.py; report: [results/report/index.html](results/report/index.html)):\n\n"
-            + "\n".join(lines))
+    lines = []
+    for (paper, claim), group in rows.groupby(["paper", "claim"], sort=False):
+        ran = group[group["verdict"] != claimlib.NOT_RUN]
+        lines += [f"- {claim_line(r)}" for _, r in ran.iterrows()]
+        absent = list(dict.fromkeys(group.loc[group["verdict"] == claimlib.NOT_RUN, "setting"]))
+        if absent:
+            lines.append(f"- {paper}/{claim}: not run in this profile for {'; '.join(f'[{a}]' for a in absent)}")
+    return ("Verdicts per claim and setting — supported / contradicted (significant after Holm over the paper's "
+            "claims, in / against the claimed direction), no effect (equivalent within the metric's margin), "
+            "inconclusive (with the MDE) — from `results/report/claims.csv` (rendered by "
+            "experiments/report/reproducibility.py; report: [results/report/index.html](results/report/index.html); "
+            "how they are decided: [docs/statistics.md](docs/statistics.md), \"Claims\"):\n\n" + "\n".join(lines))
 
 
 def update_readme(rows: pd.DataFrame, readme: Path = README) -> bool:
