@@ -24,6 +24,7 @@ Scores that are not a distribution (sigmoid heads) are renormalised to sum to on
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -36,26 +37,45 @@ from experiments.engine.metrics import HIGHER, EvalOutputs, Measure, Metric, nan
 RAPS_RULES = ("official", "own_rank")
 
 
+@dataclass
+class Ranked:
+    """Each row's classes ranked by probability and the mass ranked above each (+ u·own mass), in rank order:
+    what every APS / RAPS score of these probabilities shares."""
+    order: torch.Tensor
+    u_sorted: float | torch.Tensor
+    randomized: bool
+    cum: torch.Tensor
+
+
+def ranked(probs: torch.Tensor, u: float | torch.Tensor = 1.0) -> Ranked:
+    p = probs.detach().double()
+    p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    ordered, order = p.sort(dim=1, descending=True, stable=True)
+    randomized = torch.is_tensor(u)
+    u_sorted = u.double().gather(1, order) if randomized else float(u)
+    return Ranked(order, u_sorted, randomized, ordered.cumsum(dim=1) - (1 - u_sorted) * ordered)
+
+
+def penalised(r: Ranked, penalty: float = 0.0, kreg: float = 0.0, rule: str = "official") -> torch.Tensor:
+    """The N×C scores from the shared ranking: + the RAPS penalty (see `rule`), back in class order."""
+    cum = r.cum
+    if penalty:
+        rank = torch.arange(1, cum.shape[1] + 1, dtype=torch.float64)
+        charged = (rank - kreg).clamp_min(0)[None, :]
+        if rule == "official" and not r.randomized:
+            # gcq(randomized=False) admits rank r while the cumulative mass + penalty *up to r − 1* is ≤ τ
+            charged = charged - (1 - r.u_sorted) * (rank > kreg).double()[None, :]
+        cum = cum + penalty * charged
+    return torch.empty_like(cum).scatter_(1, r.order, cum)
+
+
 def aps_scores(probs: torch.Tensor, penalty: float = 0.0, kreg: float = 0.0,
                u: float | torch.Tensor = 1.0, rule: str = "official") -> torch.Tensor:
     """N×C non-conformity score of every class: mass ranked above + u·own mass (+ RAPS penalty, see `rule`).
     A tensor u (N×C, one draw per entry) makes the randomised scores, a number the non-randomised ones."""
     if rule not in RAPS_RULES:
         raise UserError(f"raps_rule={rule!r}: choose official (gcq) or own_rank")
-    p = probs.detach().double()
-    p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-300)
-    ordered, order = p.sort(dim=1, descending=True, stable=True)
-    randomized = torch.is_tensor(u)
-    u_sorted = u.double().gather(1, order) if randomized else float(u)
-    cum = ordered.cumsum(dim=1) - (1 - u_sorted) * ordered
-    if penalty:
-        rank = torch.arange(1, p.shape[1] + 1, dtype=torch.float64)
-        charged = (rank - kreg).clamp_min(0)[None, :]
-        if rule == "official" and not randomized:
-            # gcq(randomized=False) admits rank r while the cumulative mass + penalty *up to r − 1* is ≤ τ
-            charged = charged - (1 - u_sorted) * (rank > kreg).double()[None, :]
-        cum = cum + penalty * charged
-    return torch.empty_like(cum).scatter_(1, order, cum)
+    return penalised(ranked(probs, u), penalty, kreg, rule)
 
 
 def size_calibrated_threshold(nonconformity: torch.Tensor, k: float) -> float:
@@ -90,15 +110,21 @@ class ConformalSets(Metric):
         self.aps_u, self.seed = aps_u, seed
         self.raps_penalty, self.raps_kreg, self.raps_rule = raps_penalty, raps_kreg, raps_rule
 
-    def _scores(self, probs: torch.Tensor, method: str, k: float) -> torch.Tensor:
+    def _each(self, probs: torch.Tensor):
+        """(method, K, N×C scores) for every pair: the rows are ranked once, APS's scores (the same for every K)
+        built once, RAPS's once per k_reg; the same operations as `aps_scores` per pair, so the same numbers."""
         u = self.aps_u
         if u == "random":
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + probs.shape[0])
             u = torch.rand(probs.shape, generator=g, dtype=torch.float64)
-        if method == "aps":
-            return aps_scores(probs, u=u)
-        kreg = self.raps_kreg if self.raps_kreg is not None else float(math.floor(k))
-        return aps_scores(probs, self.raps_penalty, kreg, u, self.raps_rule)
+        shared, built = ranked(probs, u), {}
+        for m in self.methods:
+            for k in self.ks:
+                key = (0.0, 0.0) if m == "aps" else (
+                    self.raps_penalty, self.raps_kreg if self.raps_kreg is not None else float(math.floor(k)))
+                if key not in built:
+                    built = {key: penalised(shared, *key, self.raps_rule)}   # one score matrix held at a time
+                yield m, k, built[key]
 
     def _probs(self, out: EvalOutputs) -> torch.Tensor:
         if self.score_key not in out.scores:
@@ -107,23 +133,19 @@ class ConformalSets(Metric):
         return out.distribution(self.score_key)
 
     def fit(self, val: EvalOutputs, meta) -> dict[tuple[str, float], float]:
-        probs = self._probs(val)
-        return {(m, k): size_calibrated_threshold(self._scores(probs, m, k), k)
-                for m in self.methods for k in self.ks}
+        return {(m, k): size_calibrated_threshold(s, k) for m, k, s in self._each(self._probs(val))}
 
     def __call__(self, out: EvalOutputs, meta, state: Any = None) -> dict[str, Any]:
         if state is None:
             raise UserError(f"conformal sets: {FIT_ON_VALIDATION}")
         probs, t = self._probs(out), out.targets.long()
         res: dict[str, Any] = {}
-        for m in self.methods:
-            for k in self.ks:
-                s = self._scores(probs, m, k)
-                sets = s <= state[(m, k)]
-                hit = sets.gather(1, t.view(-1, 1)).squeeze(1)
-                lab = k_label(k)
-                res[f"{m}_acc@{lab}"] = hit.double().mean().item()
-                res[f"{m}_macro_acc@{lab}"] = nanmean(per_class_mean(hit, t, meta.num_classes))
-                res[f"{m}_size@{lab}"] = sets.sum(dim=1).double().mean().item()
-                res[f"{m}_alpha@{lab}"] = 1.0 - res[f"{m}_acc@{lab}"]
+        for m, k, s in self._each(probs):
+            sets = s <= state[(m, k)]
+            hit = sets.gather(1, t.view(-1, 1)).squeeze(1)
+            lab = k_label(k)
+            res[f"{m}_acc@{lab}"] = hit.double().mean().item()
+            res[f"{m}_macro_acc@{lab}"] = nanmean(per_class_mean(hit, t, meta.num_classes))
+            res[f"{m}_size@{lab}"] = sets.sum(dim=1).double().mean().item()
+            res[f"{m}_alpha@{lab}"] = 1.0 - res[f"{m}_acc@{lab}"]
         return res
