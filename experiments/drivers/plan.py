@@ -239,7 +239,7 @@ def rehearsal_line(exp_name: str, folder: Path | None = None) -> str:
     try:
         rows = json.loads(path.read_text())["runs"]
     except (OSError, ValueError, KeyError):
-        return f"  non-model CPU per epoch: not measured (make rehearse EXP={exp_name} writes {path})"
+        return f"  CPU side per epoch: not measured (make rehearse EXP={exp_name} writes {path})"
     parts = []
     for r in rows:
         if not r.get("loader_img_s"):
@@ -252,7 +252,8 @@ def rehearsal_line(exp_name: str, folder: Path | None = None) -> str:
                      f"{r['step_s']} s ({r['epoch_est_s']:,.0f} s/epoch), " if r.get("step_s") else "")
                      + f"evaluation {r.get('eval_s', '?')} s, host peak "
                      f"{host:.1f} GB + workers {(r.get('peak_worker_mb') or 0) / 1024:.1f} GB")
-    return "  non-model CPU per epoch (make rehearse, this machine): " + ("; ".join(parts) or "no rows")
+    return ("  CPU side per epoch (make rehearse at full size, stand-in model, this machine): "
+            + ("; ".join(parts) or "no rows"))
 
 
 COSTS: dict = {}       # model costs by model_key, shared by every experiment of a plan (counting them is not free)
@@ -287,7 +288,7 @@ class Pricing:
         cores = loader_cores({p.decode}, together) if p.decode else ""
         key = rates.model_key(cfg.model, rates.input_size(cfg.model, cfg.dataset)[1])
         return hours, (f"{key}: {cost.flops / 1e9:.3g} GFLOPs/img, {cost.params / 1e6:.3g} M params → "
-                       f"{rates.fmt_rate(rate.img_per_s)} img/s per run at batch {batch} ({rate.source.split(' (')[0]}"
+                       f"{rates.fmt_rate(rate.img_per_s)} img/s per run at batch {batch} ({rate.basis}"
                        f"; the GPU computes {rate.busy():.0%} of a step{hint}); {self.share} per GPU: "
                        f"{hours:,.1f} GPU-hours, GPU memory ≥ {gpu_gb:.2g} GB{cores}")
 

@@ -92,7 +92,8 @@ class Rate:
     """Images/s of one run of a model on one GPU, and where the number comes from."""
     img_per_s: float
     compute_img_per_s: float     # the GPU's rate with no fixed step cost: what shared runs add up to at most
-    source: str
+    source: str                  # where the number comes from, in full
+    basis: str = ""              # the same in a few words
 
     def shared(self, runs_per_gpu: int) -> float:
         """Images/s of `runs_per_gpu` runs sharing the GPU, together."""
@@ -110,7 +111,7 @@ def scaled_rate(cost: Cost, reference: Cost, ref_img_per_s: float, batch: int,
     step_s = batch / compute + overhead_s
     return Rate(batch / step_s, compute, f"scaled from FLOPs ({cost.flops / 1e9:.3g} GFLOPs/img vs "
                                          f"{reference.flops / 1e9:.3g} for resnet50@224px at IMG_PER_S) + "
-                                         f"{overhead_s * 1e3:g} ms/step assumed")
+                                         f"{overhead_s * 1e3:g} ms/step assumed", "scaled from FLOPs")
 
 
 def measured_rates(path: Path | None = None) -> dict[str, dict]:
@@ -171,7 +172,8 @@ def rate_for(model: DictConfig, dataset: DictConfig, batch: int, ref_img_per_s: 
     if key in measured:
         m = measured[key]
         return Rate(float(m["img_per_s"]), float(m["compute_img_per_s"]),
-                    f"measured by gpu-check on {m.get('device', 'a GPU')} at batch {m.get('batch', '?')}"), cost
+                    f"measured by gpu-check on {m.get('device', 'a GPU')} at batch {m.get('batch', '?')}",
+                    "measured by gpu-check"), cost
     return scaled_rate(cost, cache["reference"], ref_img_per_s, batch), cost
 
 
