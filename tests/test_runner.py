@@ -50,7 +50,7 @@ def test_a_refused_config_gets_a_refused_record_and_counts_as_done(tmp_path, dat
     assert result["status"] == "refused" and "ordered classes" in result["error"]
     record = json.loads(point.path.read_text())
     assert record["status"] == "refused" and record["error"] == result["error"]
-    assert record["run_id"] == point.run_id and record["seed"] == 0 and record["dataset"] == "synthetic_cifar10"
+    assert record["run_id"] == point.run_id and record["seed"] == 0 and record["dataset"] == "digits"
     assert record["code_version"] == store.code_version(record["config"])
     assert record["config"]["metric_sets"] == ["ordinal"]
     assert [p.state for p in runner.plan([exp], "smoke", tmp_path)] == ["refused"]
