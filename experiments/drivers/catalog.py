@@ -143,7 +143,8 @@ def _discover(profile: str, only: list[str] | None, data_dir: str | None) -> lis
                 (OmegaConf.to_container(cfg.figures, resolve=False) if "figures" in cfg else {}).items()
                 if node is not None]   # an experiment that extends another drops a figure with `<name>: null`
         found.append(Experiment(name, cfg.experiment_name, [{k: str(v) for k, v in s.items()} for s in sweeps],
-                                specs, [f for f in figs if profile in f.profiles], str(cfg.profile.seeds),
+                                [s for s in specs if profile in s.profiles], [f for f in figs if profile in f.profiles],
+                                str(cfg.profile.seeds),
                                 Path(cfg.data_dir)))
     if only and not found:
         raise UserError(f"EXP={','.join(only)} has no table for PROFILE={profile}")

@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 
-from experiments.drivers.catalog import ROOT
+from experiments.drivers import plan, rates
+from experiments.drivers.catalog import ROOT, discover
+from experiments.engine.checkpoint import atomic_write
 
 SLICE_EXP, SLICE_ONLY = "avgk_paper", "loss=role"
 TABLE_EXP = "cce_imbalanced"
@@ -32,9 +34,6 @@ def _run(cmd: list[str], env: dict | None = None) -> bool:
 
 def paper_models() -> dict[str, tuple]:
     """Every (model, input size, batch size) the paper profile trains, by `rates.model_key`."""
-    from experiments.drivers import plan, rates
-    from experiments.drivers.catalog import discover
-
     found, cache = {}, {}
     for exp in discover("paper", None, None):
         for sweep in exp.sweeps or [{}]:
@@ -50,9 +49,6 @@ def measure_paper_rates(device: str = "cuda", path=None) -> bool:
     """Time each paper model's training steps on `device` (rates.measure_rate) and write them where the run plan
     reads them (results/gpu_check/rates.json): `PLAN=1` then prices those models at the measured rate."""
     import json
-
-    from experiments.drivers import rates
-    from experiments.engine.checkpoint import atomic_write
 
     print("==> model rates (each paper model, its batch size, a few SGD steps)", flush=True)
     measured = {}

@@ -25,6 +25,8 @@ import hydra.utils
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.engine.models import Network
+
 REFERENCE = {"_target_": "experiments.engine.models.resnet50", "image_size": 224}
 STEP_OVERHEAD_S = 0.005      # assumed fixed cost of one training step on a GPU, until gpu-check measures the model
 RATES_JSON = Path(__file__).resolve().parents[2] / "results" / "gpu_check" / "rates.json"
@@ -128,7 +130,6 @@ def measure_rate(model: DictConfig, channels: int, side: int | None, batch: int,
     at `batch` and at 1 image: img/s at the batch, and the compute rate from the difference of the two step
     times (the fixed per-step cost cancels)."""
     dev = torch.device(device)
-    from experiments.engine.models import Network
 
     net = Network(_backbone(model, channels, side, "cpu"), 100).to(dev)
     side = side or default_side(model)

@@ -35,9 +35,16 @@ from omegaconf import OmegaConf
 from experiments.drivers import missing as data_missing
 from experiments.drivers import runner
 from experiments.drivers.catalog import ROOT, Experiment, discover
-from experiments.drivers.train import CONF_DIR, compose_config
+from experiments.drivers.train import CONF_DIR, _validated, compose_config
 from experiments.engine.checkpoint import atomic_write
 from experiments.engine.errors import UserError
+from experiments.drivers.plan import sweep_values
+from experiments.drivers.reproduce import render_everything
+from experiments.engine.config import build_components
+from experiments.engine.data import make_loader
+from experiments.engine.evaluation import Evaluator, autocast_for
+from experiments.engine.process import configure_process, seed_everything
+from experiments.engine.trainer import Trainer
 
 SETTINGS = CONF_DIR / "local" / "rehearse_data.yaml"
 SCALES = ("full", "small")
@@ -88,7 +95,6 @@ def rehearsal_overrides(exp: Experiment, profile: str, dataset_keys: dict, extra
 
 
 def runner_first(value: str) -> str:
-    from experiments.drivers.plan import sweep_values
 
     return sweep_values(value)[0]
 
@@ -123,10 +129,6 @@ def _peak_mb(who: int = resource.RUSAGE_SELF) -> float:
 def measure_data(cfg, loader_batches: int) -> dict:
     """Dataset build, first batch, loader images/s, and the final evaluation of the untrained model."""
     import torch
-
-    from experiments.engine.config import build_components
-    from experiments.engine.data import make_loader
-    from experiments.engine.evaluation import Evaluator, autocast_for
 
     cpu = torch.device("cpu")
     t0 = time.perf_counter()
@@ -176,11 +178,6 @@ def measure_steps(overrides: list[str], steps: int) -> dict:
 
     import torch
 
-    from experiments.drivers.train import _validated
-    from experiments.engine.config import build_components
-    from experiments.engine.process import configure_process, seed_everything
-    from experiments.engine.trainer import Trainer
-
     cfg, _ = runner.Composer()(overrides)
     tcfg, ocfg, schedule = _validated(cfg)
     configure_process(tcfg)
@@ -209,8 +206,6 @@ def measure_steps(overrides: list[str], steps: int) -> dict:
 
 
 def measure_only_data(overrides: list[str], loader_batches: int) -> dict:
-    from experiments.drivers.train import _validated
-    from experiments.engine.process import configure_process
 
     cfg, _ = runner.Composer()(overrides)
     configure_process(_validated(cfg)[0])
@@ -222,8 +217,6 @@ def measure_only_data(overrides: list[str], loader_batches: int) -> dict:
 def render_in_child(exp_names: list[str], data_dir: str, results_dir: str, planned: set[str]) -> dict:
     """Tables and figures of the rehearsal's runs (`planned`), as reproduce renders them, timed, with peak
     memory."""
-    from experiments.drivers.reproduce import render_everything
-
     exps = discover("paper", exp_names, data_dir)
     t0 = time.perf_counter()
     summary, figures, errors = render_everything(exps, Path(results_dir), BUDGET, False, planned)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.engine.models import small_cnn
+
 
 @dataclass
 class Written:
@@ -97,6 +99,4 @@ def rehearsal_model(in_channels: int = 3, image_size: int = 32, width: int = 8, 
     """The rehearsal's stand-in for a paper's backbone (conf/local/rehearse.yaml): `small_cnn` of `width`.
     `paper_options` (weights, weights_path: the paper model's keys the experiment sets) are accepted and
     ignored, so the stand-in merges over whichever model a sweep picks; nothing is downloaded."""
-    from experiments.engine.models import small_cnn
-
     return small_cnn(in_channels, image_size, width)
