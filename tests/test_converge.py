@@ -324,8 +324,9 @@ def test_table_roles_are_declared_for_the_paper_tables():
     from experiments.drivers.catalog import discover
 
     roles = {s.stem: s.role for e in discover("default", None, None) for s in e.tables}
-    assert {s for s, r in roles.items() if r == "paper"} == {
-        "simloss_age", "simloss_cifar", "cce_imbalanced", "avgk", "avgk_digits"}
+    assert {s for s, r in roles.items() if r == "paper"} == {"simloss_age", "simloss_cifar", "cce_imbalanced", "avgk"}
+    full = {s.stem: s.role for e in discover("full", ["avgk"], None) for s in e.tables}
+    assert full["avgk_digits"] == "paper" and full["avgk_k5"] == "supporting"   # tables run in the profiles they name
     assert {r for s, r in roles.items() if s.startswith("matrix")} == {"screening"}
     with pytest.raises(UserError, match="role='headline'"):
         TableSpec("x", role="headline")
