@@ -1,5 +1,6 @@
-"""CIFAR-10 and CIFAR-100 in their real python-pickle format at their real counts, random pixels (the rehearsal
-data of `make rehearse`, experiments/drivers/rehearse.py): nothing trained on it means anything.
+"""CIFAR-10 and CIFAR-100 in their real python-pickle format at their real counts, and Road Marking through its
+official preprocessing, random pixels (the rehearsal data of `make rehearse`, experiments/drivers/rehearse.py):
+nothing trained on it means anything.
 
 As the python-version archives unpack, which image_classification/cifar.py reads: `cifar-100-python/{train,test,
 meta}` (b"data" N×3072 uint8, b"fine_labels", b"coarse_labels", b"filenames", b"batch_label"; meta's
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.engine.generated import Written, new_tree
+from experiments.engine.generated import Written, jpeg_pool, long_tail, new_tree
+from image_classification.road_marking import DROPPED, prepare
 from image_classification.synthetic import CIFAR100_GROUPS
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -59,3 +61,39 @@ def write_cifar10(root: str, batch_per_class: int = 1000, test_per_class: int = 
         _dump(tmp / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES],
                                      b"num_cases_per_batch": 10 * batch_per_class, b"num_vis": 3072})
     return out["written"]
+
+
+def write_road_marking(root: str, images: int = 1443, classes: int = 10, per_dropped: int = 3, seed: int = 0,
+                       side: tuple[int, int] = (160, 120)) -> Written:
+    """`root` (absent) becomes the prepared Road Marking folder (`{train,valid,test}/<class>/<n>.jpg`), made the way
+    a user makes it: a raw `RoadMarkingDataset/` (`dataset_annotations.txt`, one `x1,y1,…,x4,y4,class,filename`
+    line per marking, and the images) is written beside it and run through `road_marking.prepare`, then removed.
+    The real class list and sizes are not known here ("over 1400 labeled images", Wu & Ranganathan 2012): `images`
+    markings of `classes` kept classes on a long tail (class names `marking_00`…), plus `per_dropped` of each of
+    the 17 classes the official code drops, one marking per image."""
+    import shutil
+    import tempfile
+
+    kept = [f"marking_{i:02d}" for i in range(classes)]
+    labels = np.repeat(np.arange(classes), long_tail(images, classes, least=10))
+    names = [kept[i] for i in labels] + [c for c in DROPPED for _ in range(per_dropped)]
+    rng = np.random.default_rng(seed)
+    pool = jpeg_pool(64, [side], seed)
+    raw_parent = Path(tempfile.mkdtemp(prefix=".road_marking_raw.", dir=Path(root).parent))
+    try:
+        raw = raw_parent / "RoadMarkingDataset"
+        raw.mkdir()
+        lines = []
+        for i, cls in enumerate(names):
+            fname = f"roadmark_{i:05d}.jpg"
+            (raw / fname).write_bytes(pool[i % len(pool)])
+            x0, y0 = (int(v) for v in rng.integers(0, (side[0] // 2, side[1] // 2)))
+            x1, y1 = x0 + int(rng.integers(8, side[0] // 2)), y0 + int(rng.integers(8, side[1] // 2))
+            corners = (x0, y0, x1, y0, x1, y1, x0, y1)
+            lines.append(",".join(map(str, corners)) + f",{cls},{fname}")
+        (raw / "dataset_annotations.txt").write_text("\n".join(lines) + "\n")
+        with new_tree(root) as (tmp, out):
+            prepare(raw, tmp, seed=seed, log=lambda *_: None)
+        return out["written"]
+    finally:
+        shutil.rmtree(raw_parent, ignore_errors=True)

@@ -51,6 +51,22 @@ def test_cifar_and_age_generators_are_read_by_the_readers(tmp_path):
     assert len(afad.train) + len(afad.val) + len(afad.test) == 120
 
 
+def test_road_marking_generator_goes_through_the_official_preprocessing(tmp_path):
+    from image_classification.rehearsal import write_road_marking
+    from image_classification.road_marking import RoadMarking, split_counts
+
+    written = write_road_marking(str(tmp_path / "road_marking"), images=60, classes=3, per_dropped=1)
+    root = tmp_path / "road_marking"
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["marking_00", "marking_01", "marking_02"]
+    per_class = {c: sum(len(list((root / s / c).iterdir())) for s in ("train", "valid", "test"))
+                 for c in ("marking_00", "marking_01", "marking_02")}
+    assert sum(per_class.values()) == 60 and per_class["marking_00"] > per_class["marking_02"] >= 10
+    assert all(len(list((root / "train" / c).iterdir())) == split_counts(n)[0] for c, n in per_class.items())
+    assert written.files == 60 and not list(tmp_path.glob(".road_marking_raw.*"))   # the raw folder is gone
+    data = RoadMarking(str(root))()
+    assert len(data.train) + len(data.val) + len(data.test) == 60 and data.meta.num_classes == 3
+
+
 @pytest.mark.slow   # ~30 s on this shared machine (44 configs planned, one run, tables); the fast tests cover the generators
 def test_small_rehearsal_runs_a_paper_experiment_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(rehearse, "in_child", lambda fn, *args: fn(*args))
