@@ -378,8 +378,16 @@ def _digest(papers: list[claimlib.Paper], specs: Mapping[str, tables.TableSpec],
     files += [results_dir / "tables" / f"{c.table}{ext}" for p in papers for c in p.claims
               for ext in (".csv", ".versions.json")]
     for path in files + figures:   # contents, not times: a re-rendered identical figure changes nothing
-        h.update(str(path).encode() + (path.read_bytes() if path.exists() else b"-"))
+        h.update(_portable(path, results_dir).encode() + (path.read_bytes() if path.exists() else b"-"))
     return h.hexdigest()
+
+
+def _portable(path: Path, results_dir: Path) -> str:
+    """`path` relative to the results folder or the checkout, so that a clone elsewhere computes the same digest."""
+    for base in (results_dir, ROOT):
+        if path.resolve().is_relative_to(base.resolve()):
+            return str(path.resolve().relative_to(base.resolve()))
+    return str(path)
 
 
 def write_reports(results_dir: Path, profile: str, exps: list[Experiment],
