@@ -232,6 +232,66 @@ def test_role_matches_formula_and_owns_its_table():
     assert loss.seen[idx].all() and not loss.seen[1]
 
 
+def _role_steps(update, batches, lr=0.1, betas=(0.9, 0.999), eps=1e-8):
+    """ROLE's table after one optimizer step per batch of indices, the table's gradient a fixed function of the
+    batch (only the estimates' part of the loss: Σ est, so each touched entry's gradient is est(1 − est))."""
+    from experiments.engine.schemas import OptimConfig
+
+    loss = RegularizedOnlineLabelEstimation(k=1, lr_mult=1.0, seed=3, table_update=update)
+    loss.bind(meta_for(3, [2, 2, 2]))
+    optim = OptimConfig(_target_="torch.optim.Adam", lr=lr, betas=list(betas), eps=eps)
+    groups = [dict(g, lr=lr * g.pop("lr_mult")) for g in loss.param_groups()]
+    opts = list(loss.own_optimizers(optim).values()) + ([torch.optim.Adam(groups, betas=betas, eps=eps)]
+                                                        if groups else [])
+    start = loss.table.detach().clone()
+    for idx in batches:
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.estimates(torch.tensor(idx), torch.zeros(len(idx), dtype=torch.long)).sum().backward()
+        for o in opts:
+            o.step()
+    return start, loss
+
+
+def test_role_rows_is_lazy_adam_on_the_batch_rows_only():
+    """rows: a step moves only its batch's rows, by Adam's update with the moments of those rows alone and the
+    bias correction of the global step (SparseAdam); dense: a row keeps moving on its momentum after its batch."""
+    lr, (b1, b2), eps = 0.1, (0.9, 0.999), 1e-8
+    batches = [[0, 1], [2, 3], [0, 4]]
+    start, rows = _role_steps("rows", batches, lr, (b1, b2), eps)
+    table = start.double().numpy().copy()
+    table[[0, 1, 2, 3, 4], 0] = math.log(0.995 / 0.005)     # each row's observed positive (class 0), set when first seen
+    m, v = np.zeros_like(table), np.zeros_like(table)
+    for t, idx in enumerate(batches, 1):
+        g = sig(table[idx]) * (1 - sig(table[idx]))
+        m[idx] = b1 * m[idx] + (1 - b1) * g
+        v[idx] = b2 * v[idx] + (1 - b2) * g ** 2
+        table[idx] -= lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m[idx] / (np.sqrt(v[idx]) + eps)
+    np.testing.assert_allclose(rows.table.detach().double().numpy(), table, rtol=1e-5, atol=1e-6)
+    assert torch.equal(rows.table.detach()[5], start[5])    # never in a batch: untouched
+    _, dense = _role_steps("dense", batches, lr, (b1, b2), eps)
+    after_first = _role_steps("dense", batches[:1], lr, (b1, b2), eps)[1].table.detach()
+    assert not torch.equal(dense.table.detach()[1], after_first[1])   # row 1 kept moving after its batch
+    assert torch.equal(rows.table.detach()[1], _role_steps("rows", batches[:1], lr, (b1, b2), eps)[1].table.detach()[1])
+
+
+def test_role_rows_needs_adam_and_declares_what_it_trains():
+    from experiments.engine.schemas import OptimConfig
+
+    loss = RegularizedOnlineLabelEstimation(table_update="rows")
+    loss.bind(meta_for(3, [2, 2]))
+    with pytest.raises(UserError, match="loss.table_update=rows is lazy Adam and the run's optimizer is torch.optim.SGD"):
+        loss.own_optimizers(OptimConfig(_target_="torch.optim.SGD", lr=0.1, momentum=0.9))
+    assert loss.param_groups() == []
+    with pytest.raises(UserError, match="loss.table_update='sparse'"):
+        RegularizedOnlineLabelEstimation(table_update="sparse")
+    n, c, b = 243_916, 1_081, 32
+    cfg = {"table_update": "rows"}
+    assert RegularizedOnlineLabelEstimation.trained_state(cfg, n, c, b) == (n * c, b * c)
+    assert RegularizedOnlineLabelEstimation.trained_state({"table_update": "dense"}, n, c, b) == (n * c, n * c)
+    assert ExpectedPositives.trained_state({}, n, c, b) == (0, 0)
+
+
 # --------------------------------------------------------------------------- the two-head loss
 def two_head_outputs(seed=0, b=6, c=5):
     g = torch.Generator().manual_seed(seed)

@@ -15,6 +15,11 @@ use the hooks below; the trainer calls only these, never a loss by name:
 - `optimizer_names`       one optimizer per name is built from the same `optim` config ("main" first).
 - `needs_index`           informational: the loss reads `batch.index` (per-example state).
 - `param_groups()`        parameters the loss owns (e.g. ROLE's label table) with an optional lr multiplier.
+- `own_optimizers(optim)` optimizers of parameters the loss steps with an optimizer of its own (ROLE's
+                          `table_update: rows`: lazy Adam on a sparse gradient); each steps with the first of
+                          `optimizer_names`, on its schedule, and is checkpointed with it.
+- `trained_state(cfg, N, C, B)` (classmethod, read by the run plan): floats of per-example parameters the loss
+                          trains and how many of them one step updates, so that memory and traffic are priced.
 - `on_epoch_start(epoch)` schedule-dependent behaviour (DRW re-weighting, warm-up).
 - `training_step(model, batch, step)` the default does one forward, `objective`, one `step`; a loss that
                           needs two updates per batch (COT) overrides it.
@@ -51,6 +56,16 @@ class EngineLoss(nn.Module):
 
     def param_groups(self) -> list[dict]:
         return []
+
+    def own_optimizers(self, optim) -> dict[str, torch.optim.Optimizer]:
+        """`optim`: the run's OptimConfig (lr, betas, ...). None by default."""
+        return {}
+
+    @classmethod
+    def trained_state(cls, cfg, n_train: int, num_classes: int, batch: int) -> tuple[int, int]:
+        """(floats of per-example parameters trained with the model, floats of them one optimizer step reads and
+        writes) for the loss config `cfg` on N training examples of C classes at batch B: none by default."""
+        return 0, 0
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """`epoch` counts from 0."""

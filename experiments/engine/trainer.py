@@ -27,7 +27,7 @@ from torch import nn
 
 from experiments.engine.checkpoint import LAST, save_checkpoint
 from experiments.engine.data import Data, make_loader
-from experiments.engine.errors import RunFailed
+from experiments.engine.errors import RunFailed, UserError
 from experiments.engine.evaluation import Evaluator, autocast_for, preflight
 from experiments.engine.loss import EngineLoss
 from experiments.engine.metrics import Metric
@@ -111,7 +111,17 @@ class Trainer:
                     g["lr"] = lr * g.pop("lr_mult", 1.0)
                     groups.append(g)
             opts[name] = make(groups)
-        return opts
+        own = loss.own_optimizers(self.optim_cfg)
+        if set(own) & set(opts):
+            raise UserError(f"the loss's own optimizers {sorted(own)} reuse a name of `optimizer_names` "
+                            f"{list(opts)}: give them other names")
+        return {**opts, **own}
+
+    @staticmethod
+    def _riders(state: TrainState, optimizer: str) -> list[torch.optim.Optimizer]:
+        """The loss's own optimizers, which step with the first of its `optimizer_names`."""
+        names = state.loss.optimizer_names
+        return [o for n, o in state.optimizers.items() if n not in names] if optimizer == names[0] else []
 
     def _set_up(self, model: nn.Module, loss: EngineLoss, selection: Selection) -> TrainState:
         cfg = self.cfg
@@ -143,13 +153,15 @@ class Trainer:
         return f"after epoch {state.epoch}"
 
     def _step(self, state: TrainState, value: torch.Tensor, optimizer: str = "main") -> None:
-        opt = state.optimizers[optimizer]
-        opt.zero_grad(set_to_none=True)
+        opt, riders = state.optimizers[optimizer], self._riders(state, optimizer)
+        for o in (opt, *riders):
+            o.zero_grad(set_to_none=True)
         state.scaler.scale(value).backward()
         if self.cfg.grad_clip:
             state.scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(state.model.parameters(), self.cfg.grad_clip)
-        state.scaler.step(opt)
+        for o in (opt, *riders):
+            state.scaler.step(o)
         state.scaler.update()
 
     def _train_epoch(self, state: TrainState, data: Data, stop: Callable, beat: Callable) -> str | None:
