@@ -35,7 +35,7 @@ VERSIONS = {"v1.1": (1081, {"train": 243_916, "val": 31_118, "test": 31_112}), "
 def declared_sizes() -> dict:
     """The split sizes the run plan reads (`sizes` of conf/dataset/plantnet300k.yaml): those of v1.1, the version
     the paper profile expects, kept once in `VERSIONS`."""
-    return {**VERSIONS["v1.1"][1], "source": "Pl@ntNet-300K v1.1 train / val / test"}
+    return {**VERSIONS["v1.1"][1], "classes": VERSIONS["v1.1"][0], "source": "Pl@ntNet-300K v1.1 train / val / test"}
 
 
 def find_split_root(root: Path) -> Path:

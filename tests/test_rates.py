@@ -98,3 +98,67 @@ def test_gpu_check_writes_the_rates_the_plan_then_uses(tmp_path, monkeypatch):
     assert set(measured) == {"lenet@default"} and measured["lenet@default"]["device"] == "cpu"
     r, _ = rates.rate_for(_model("lenet"), OmegaConf.create({}), 8, 3000.0, measured, {})
     assert r.img_per_s == measured["lenet@default"]["img_per_s"] and "measured by gpu-check on cpu" in r.source
+
+
+def test_gpu_work_adds_to_the_step_and_to_what_shared_runs_divide():
+    r = rates.Rate(img_per_s=1000.0, compute_img_per_s=4000.0, source="s", basis="b")
+    slower = r.plus_gpu_work(0.032, batch=32, why="a table")
+    assert slower.img_per_s == pytest.approx(32 / (0.032 + 0.032))           # 32 ms step + 32 ms of traffic
+    assert slower.compute_img_per_s == pytest.approx(32 / (0.008 + 0.032))   # the traffic is not overlapped
+    assert "a table" in slower.source and r.plus_gpu_work(0.0, 32, "x") is r
+
+
+def test_a_cap_binds_only_below_the_rate_and_says_so():
+    r = rates.Rate(img_per_s=1000.0, compute_img_per_s=4000.0, source="s", basis="b")
+    assert r.capped(2000.0, "the loader") is r
+    c = r.capped(600.0, "the loader")
+    assert c.img_per_s == 600.0 and c.shared(4) == pytest.approx(2400.0) and "capped by the loader" in c.basis
+
+
+def test_table_traffic_counts_value_gradient_and_states():
+    seconds, moved = rates.table_traffic(1_000_000, optimizer_states=2)       # Adam: m and v
+    # backward writes the gradient; the step reads value, gradient, m, v and writes value, m, v
+    assert moved == 4 * 1_000_000 * 8 and seconds == pytest.approx(moved / rates.GPU_BYTES_PER_S)
+    cost = rates.Cost(1.0, params=1000, activations=50, side=8)
+    assert rates.gpu_memory_gb(cost, 10, 2, state_floats=500) == pytest.approx(4 * (1500 * 4 + 50 * 10) / 2**30)
+
+
+def _part(loss, decode=None, train=1000, classes=10, batch=20):
+    from experiments.drivers.plan import Part
+
+    cfg = OmegaConf.create({
+        "model": {"_target_": "experiments.engine.models.lenet"}, "optim": {"_target_": "torch.optim.Adam", "lr": 1e-3},
+        "trainer": {"batch_size": batch}, "loss": loss, "dataset": {"classes": classes}})
+    return Part("x", runs=1, epochs=1, sizes=(train, 0, 0), source="", decode=decode, cfg=cfg)
+
+
+def test_the_plan_prices_a_loss_by_its_declared_per_example_parameters(monkeypatch):
+    from experiments.drivers.plan import Pricing
+
+    monkeypatch.delenv("CORES_PER_GPU", raising=False)
+    pricing = Pricing(3000.0, measured={})
+    role = {"_target_": "average_k.losses.RegularizedOnlineLabelEstimation", "table_update": "dense"}
+    ce_hours, ce_line = pricing.part(_part({"_target_": "experiments.engine.loss.CrossEntropy"}))
+    dense_hours, dense_line = pricing.part(_part(role, train=100_000, classes=1000))
+    rows_hours, rows_line = pricing.part(_part(dict(role, table_update="rows"), train=100_000, classes=1000))
+    assert "per-example" not in ce_line and "100,000,000 floats" in dense_line
+    seconds, _ = rates.table_traffic(100_000 * 1000, 2)
+    assert f"≈ {seconds * 1e3:.2g} ms" in dense_line
+    assert dense_hours / 100 > rows_hours / 100 > ce_hours      # per image: rows moves 20 × 1000 floats, dense 10^8
+
+
+def test_a_streamed_part_is_capped_by_its_loader_per_core_rate(monkeypatch, tmp_path):
+    from experiments.drivers import plan
+
+    bench = {"loader": {"800x600": {"pil": {"2 workers": {"img_per_s_per_core": 100.0}}},
+                        "500x375": {"pil": {"2 workers": {"img_per_s_per_core": 250.0}}}}}
+    monkeypatch.setattr(plan, "BENCH_JSON", tmp_path / "bench.json")
+    (tmp_path / "bench.json").write_text(__import__("json").dumps(bench))
+    monkeypatch.setenv("CORES_PER_GPU", "6")
+    ce = {"_target_": "experiments.engine.loss.CrossEntropy"}
+    hours, line = plan.Pricing(3000.0, runs_per_gpu=2, measured={}).part(_part(ce, decode="pil"))
+    assert "capped by the loader (3 cores × 100 img/s per core, pil, make bench)" in line
+    assert hours == pytest.approx(1000 / (2 * 300.0) / 3600)       # two runs per GPU, each at 3 × 100 img/s
+    monkeypatch.setenv("CORES_PER_GPU", "two")
+    with pytest.raises(UserError, match="CORES_PER_GPU='two'"):
+        plan.Pricing(3000.0)

@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +29,13 @@ from omegaconf import OmegaConf
 
 from experiments.drivers import rates, runner
 from experiments.drivers.catalog import PROFILES, discover
-from experiments.drivers.train import compose_config
+from experiments.drivers.train import CONF_DIR, compose_config
 from experiments.engine.errors import UserError
 from experiments.engine.imbalance import counts_per_rank
 from experiments.engine.models import imagenet_checkpoint
 
-PLAN_PREFIXES = ("dataset", "model", "trainer")
+PLAN_PREFIXES = ("dataset", "model", "trainer")   # overrides under these change a run's cost: runs are grouped by them
+PLAN_KEYS = ("loss",)                             # and by the loss (its per-example parameters), not its options
 REHEARSAL_DIR = Path("/tmp/rehearse/results/rehearse")   # `make rehearse`'s default scratch results folder
 BENCH_JSON = Path(__file__).resolve().parents[2] / "results" / "bench" / "bench.json"
 
@@ -99,6 +101,11 @@ def split_sizes(choice: str, ds) -> tuple[tuple[int, int, int] | None, str]:
     return tuple(int(math.ceil(n * scale)) for n in sizes), source
 
 
+def num_classes(ds) -> int:
+    """Classes of a dataset config (`classes`, else its declared `sizes`); 0 when neither says."""
+    return int(ds.get("classes") or (_declared(ds) or {}).get("classes", 0) or 0)
+
+
 def weight_files(model) -> dict[Path, str]:
     """Files a model config loads (torchvision's cached ImageNet checkpoint, `weights_path`) and where from."""
     files = {}
@@ -135,7 +142,7 @@ def sweep_parts(exp, sweep: dict[str, str], profile: str, data_dir: str | None, 
     """Runs of one sweep, grouped by the overrides that change data, model or schedule."""
     grid = {k: sweep_values(v) for k, v in sweep.items() if k != "seed"}
     seeds = len(sweep_values(sweep.get("seed", exp.seeds)))
-    relevant = [k for k in grid if k.lstrip("~+").split(".")[0] in PLAN_PREFIXES]
+    relevant = [k for k in grid if k.lstrip("~+").split(".")[0] in PLAN_PREFIXES or k.lstrip("~+") in PLAN_KEYS]
     per_group = seeds * math.prod(len(v) for k, v in grid.items() if k not in relevant)
     parts = []
     for combo in itertools.product(*(grid[k] for k in relevant)):
@@ -170,22 +177,46 @@ def _files(exp, parts: list[Part]) -> list[tuple[Path, str, bool]]:
     return [(p, src, p.exists()) for p, src in out.items()]
 
 
+def _bench_loader(bench: Path | None = None) -> dict | None:
+    try:
+        return json.loads((bench or BENCH_JSON).read_text())["loader"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def per_core_rates(decoder: str, bench: Path | None = None) -> dict[str, float]:
+    """{JPEG size: images/s per core} that `make bench` measured for a decoder's streamed path (with workers)."""
+    loader = _bench_loader(bench) or {}
+    return {size: float(list(sec[decoder].values())[-1]["img_per_s_per_core"]) for size, sec in loader.items()
+            if isinstance(sec, dict) and decoder in sec}
+
+
 def loader_cores(decoders: set[str], rate: float, bench: Path | None = None) -> str:
     """'; loader: …' — the CPU cores one GPU at `rate` images/s needs to stream these decoders' datasets:
     rate / (images/s per core that `make bench` measured with workers, per JPEG size); '' when nothing streams."""
     if not decoders:
         return ""
-    try:
-        loader = json.loads((bench or BENCH_JSON).read_text())["loader"]
-    except (OSError, ValueError, KeyError):
-        return "; loader CPU cores per GPU: run `make bench` to measure images/s per core on this machine"
+    loader = _bench_loader(bench)
+    if loader is None:
+        return "; loader CPU cores per GPU, and the cap the loader puts on the rate: run `make bench` to measure"
     found = []
     for dec in sorted(decoders):
-        per_core = {size: list(sec[dec].values())[-1]["img_per_s_per_core"] for size, sec in loader.items()
-                    if isinstance(sec, dict) and dec in sec}
-        found.append(f"{dec} path: " + (", ".join(f"{math.ceil(rate / r)} at {size} ({r} img/s per core)"
+        per_core = per_core_rates(dec, bench)
+        found.append(f"{dec} path: " + (", ".join(f"{math.ceil(rate / r)} at {size} ({r:g} img/s per core)"
                                                   for size, r in per_core.items()) or "not measured by make bench"))
     return f"; loader CPU cores per GPU (make bench, {loader.get('cpu_capability', '?')}): {'; '.join(found)}"
+
+
+def cores_per_gpu() -> tuple[int, str]:
+    """Host cores one GPU has: CORES_PER_GPU if set, else the SLURM launcher config's cpus_per_task / gpus_per_node
+    (conf/hydra/launcher/slurm.yaml), and where the number comes from."""
+    value = os.environ.get("CORES_PER_GPU", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"CORES_PER_GPU={value!r}: give the host cores of one GPU (an integer ≥ 1)")
+        return int(value), "CORES_PER_GPU"
+    slurm = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm.yaml")
+    return max(1, int(slurm.cpus_per_task) // max(1, int(slurm.gpus_per_node))), "conf/hydra/launcher/slurm.yaml"
 
 
 def _fmt(n: float) -> str:
@@ -219,8 +250,8 @@ def plan_experiment(exp, profile: str, data_dir: str | None, rate: float | None,
     out(f"  total: {runs} runs, {_fmt(passes)} image-passes{total}")
     if priced:
         out(f"  per GPU: memory ≥ {priced.gpu_gb:.2g} GB (weights, gradients, optimizer state, leaf activations at "
-            f"the batch size, × runs per GPU; a loss's per-example state such as ROLE's table comes on top: "
-            f"docs/performance.md 'At paper scale'); rates: {priced.basis()}")
+            f"the batch size, a loss's per-example parameters such as ROLE's table, × runs per GPU); "
+            f"rates: {priced.basis()}")
         out(rehearsal_line(exp.name))
     for src in dict.fromkeys(p.source for p in parts_all):
         out(f"  sizes: {src}")
@@ -268,29 +299,60 @@ class Pricing:
         self.measured = rates.measured_rates() if measured is None else measured
         self.cache = COSTS
         self.gpu_gb = 0.0
+        self.cores, self.cores_from = cores_per_gpu()
 
     def basis(self) -> str:
         return (f"measured by make gpu-check where it ran (results/gpu_check/rates.json), else IMG_PER_S={self.ref:g} "
                 f"images/s of resnet50@224px scaled by FLOPs per image plus {rates.STEP_OVERHEAD_S * 1e3:g} ms per "
-                f"step assumed; {self.share} run(s) per GPU")
+                f"step assumed; {self.share} run(s) per GPU; {self.cores} host cores per GPU ({self.cores_from})")
 
     def part(self, p: Part) -> tuple[float, str]:
         """(GPU-hours, one line) for a group of runs; also keeps the experiment's largest memory and cores."""
         cfg = p.cfg
-        batch = int(cfg.trainer.batch_size)
+        batch, states = int(cfg.trainer.batch_size), rates.optimizer_states(cfg.optim)
         rate, cost = rates.rate_for(cfg.model, cfg.dataset, batch, self.ref, self.measured, self.cache)
+        rate, table, table_note = self.with_loss_state(p, rate, batch, states)
+        rate, loader_note = self.loader_cap(p, rate)
         together = rate.shared(self.share)
         hours = p.passes / together / 3600
-        gpu_gb = rates.gpu_memory_gb(cost, batch, rates.optimizer_states(cfg.optim)) * self.share
+        gpu_gb = rates.gpu_memory_gb(cost, batch, states, table) * self.share
         self.gpu_gb = max(self.gpu_gb, gpu_gb)
-        fill = math.ceil(1 / rate.busy())
-        hint = f"; RUNS_PER_GPU={fill} would fill it" if fill > self.share else ""
+        fill = min(math.ceil(1 / rate.busy()), self.cores)
+        hint = f"; RUNS_PER_GPU={fill} would fill it (≤ 1 host core per run)" if fill > self.share else ""
         cores = loader_cores({p.decode}, together) if p.decode else ""
         key = rates.model_key(cfg.model, rates.input_size(cfg.model, cfg.dataset)[1])
         return hours, (f"{key}: {cost.flops / 1e9:.3g} GFLOPs/img, {cost.params / 1e6:.3g} M params → "
                        f"{rates.fmt_rate(rate.img_per_s)} img/s per run at batch {batch} ({rate.basis}"
                        f"; the GPU computes {rate.busy():.0%} of a step{hint}); {self.share} per GPU: "
-                       f"{hours:,.1f} GPU-hours, GPU memory ≥ {gpu_gb:.2g} GB{cores}")
+                       f"{hours:,.1f} GPU-hours, GPU memory ≥ {gpu_gb:.2g} GB{table_note}{loader_note}{cores}")
+
+    @staticmethod
+    def with_loss_state(p: Part, rate: rates.Rate, batch: int, states: int) -> tuple[rates.Rate, int, str]:
+        """The rate with the GPU traffic of the loss's per-example parameters (its `trained_state`), their floats,
+        and a note saying so ('' for a loss without any)."""
+        n, c = (p.sizes or (0,))[0], num_classes(p.cfg.dataset)
+        declare = getattr(hydra.utils.get_class(str(p.cfg.loss._target_)), "trained_state", None)
+        floats, per_step = declare(p.cfg.loss, n, c, batch) if declare and n and c else (0, 0)
+        if not floats:
+            return rate, 0, ""
+        seconds, moved = rates.table_traffic(per_step, states)
+        note = (f"; the loss's per-example parameters: {floats:,} floats ({rates.BYTES * floats / 2**30:.2g} GB, "
+                f"with gradient and {states} optimizer state(s) in the memory above), {moved / 2**30:.2g} GB moved "
+                f"per step ≈ {seconds * 1e3:.2g} ms at {rates.GPU_BYTES_PER_S / 1e12:g} TB/s (assumed), in the rate")
+        return rate.plus_gpu_work(seconds, batch, "per-example parameter traffic"), floats, note
+
+    def loader_cap(self, p: Part, rate: rates.Rate) -> tuple[rates.Rate, str]:
+        """A streamed dataset's run goes no faster than its loader: `make bench`'s images/s per core (the slower
+        JPEG size) × the host cores of one run (cores per GPU / runs per GPU). In-memory datasets are moved to the
+        GPU and augmented there: no host loader to cap them."""
+        if not p.decode:
+            return rate, ""
+        per_core = per_core_rates(p.decode)
+        if not per_core:
+            return rate, ""
+        slowest, cores = min(per_core.values()), self.cores / self.share
+        return rate.capped(slowest * cores, f"the loader ({cores:g} cores × {slowest:,.0f} img/s per core, "
+                                            f"{p.decode}, make bench)"), ""
 
 
 def main(profile: str = "paper", exps: list[str] | None = None, data_dir: str | None = None,

@@ -29,6 +29,7 @@ from experiments.engine.models import Network
 
 REFERENCE = {"_target_": "experiments.engine.models.resnet50", "image_size": 224}
 STEP_OVERHEAD_S = 0.005      # assumed fixed cost of one training step on a GPU, until gpu-check measures the model
+GPU_BYTES_PER_S = 1.5e12     # assumed GPU memory bandwidth (an A100 40 GB: 1.56 TB/s) for a loss's per-example state
 RATES_JSON = Path(__file__).resolve().parents[2] / "results" / "gpu_check" / "rates.json"
 BYTES = 4                    # float32 weights, gradients, optimizer state and activations
 
@@ -105,6 +106,30 @@ class Rate:
         """Fraction of one run's step time the GPU computes."""
         return self.img_per_s / self.compute_img_per_s
 
+    def plus_gpu_work(self, seconds_per_step: float, batch: int, why: str) -> "Rate":
+        """The rate with `seconds_per_step` more GPU work per step (memory-bound, e.g. a per-example table): it
+        adds to one run's step time and to the compute that shared runs divide, and is not overlapped."""
+        if seconds_per_step <= 0:
+            return self
+        one = batch / (batch / self.img_per_s + seconds_per_step)
+        gpu = batch / (batch / self.compute_img_per_s + seconds_per_step)
+        return Rate(one, gpu, f"{self.source}; + {why}", self.basis)
+
+    def capped(self, img_per_s: float, why: str) -> "Rate":
+        """At most `img_per_s` per run (a loader that feeds it no faster), said in `basis` when it binds."""
+        if img_per_s >= self.img_per_s:
+            return self
+        return Rate(img_per_s, max(self.compute_img_per_s, img_per_s), f"{self.source}; capped by {why}",
+                    f"{self.basis}, capped by {why}")
+
+
+def table_traffic(floats_per_step: int, optimizer_states: int) -> tuple[float, int]:
+    """(seconds, bytes) one step of `floats_per_step` per-example entries moves on the GPU: backward writes their
+    gradient, the optimizer reads value, gradient and each state and writes value and states; at GPU_BYTES_PER_S
+    (assumed)."""
+    moved = BYTES * floats_per_step * (4 + 2 * optimizer_states)
+    return moved / GPU_BYTES_PER_S, moved
+
 
 def scaled_rate(cost: Cost, reference: Cost, ref_img_per_s: float, batch: int,
                 overhead_s: float = STEP_OVERHEAD_S) -> Rate:
@@ -178,10 +203,12 @@ def rate_for(model: DictConfig, dataset: DictConfig, batch: int, ref_img_per_s: 
     return scaled_rate(cost, cache["reference"], ref_img_per_s, batch), cost
 
 
-def gpu_memory_gb(cost: Cost, batch: int, optimizer_states: int = 1) -> float:
-    """Weights + gradients + `optimizer_states` copies (SGD momentum 1, Adam 2) + leaf activations × batch, float32:
-    a lower bound (cuDNN workspaces, the allocator's slack and a loss's per-example state come on top)."""
-    return BYTES * (cost.params * (2 + optimizer_states) + cost.activations * batch) / 2**30
+def gpu_memory_gb(cost: Cost, batch: int, optimizer_states: int = 1, state_floats: int = 0) -> float:
+    """Weights + gradients + `optimizer_states` copies (SGD momentum 1, Adam 2) + leaf activations × batch, float32,
+    plus a loss's per-example parameters (`state_floats`, ROLE's table) with their gradient and optimizer states:
+    a lower bound (cuDNN workspaces and the allocator's slack come on top)."""
+    trained = cost.params + state_floats
+    return BYTES * (trained * (2 + optimizer_states) + cost.activations * batch) / 2**30
 
 
 def fmt_rate(x: float) -> str:
