@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from experiments.drivers import missing as data_missing
-from experiments.drivers import plan, runner
+from experiments.drivers import packed, plan, runner
 from experiments.drivers.catalog import PROFILES, ROOT, Experiment, discover, discover_at, missing_data, results_folder
 from experiments.drivers.train import compose_config
 from experiments.engine.budget import at_budget, factor
@@ -174,6 +174,8 @@ def train_missing(exps: list[Experiment], args: argparse.Namespace,
         print(f"error: {p.title}: {p.error}", file=sys.stderr)
     pending = [p for p in points if p.state == "pending"]
     print(f"planned {len(points)} configs in {time.time() - t0:.1f} s; {len(pending)} to run", flush=True)
+    if args.launcher and args.packed:
+        return len(errors) + packed.submit(pending, args.packed, results_dir), points
     if args.launcher:
         return len(errors) + launch(exps, pending, args, results_dir), points
     tally = runner.run_points(pending, args.jobs)
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exp", default="", help="comma-separated experiment names (default: all of the profile)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (or joblib jobs per sweep with a launcher)")
     ap.add_argument("--launcher", default=None, help="hydra/launcher option, e.g. submitit_slurm")
+    ap.add_argument("--pack-jobs", default=None, help="with --launcher slurm: pack the runs into this many SLURM "
+                    "jobs, RUNS_PER_GPU (environment) per GPU of each (experiments.drivers.packed)")
     ap.add_argument("--results-dir", default=str(ROOT / "results"))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--render-only", action="store_true", help="only re-render tables and figures")
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return plan.main(args.profile, [e for e in args.exp.split(",") if e], args.data_dir, args.img_per_s)
     t0 = time.time()
     try:
+        args.packed = packed.mode(args.launcher, args.pack_jobs)   # RUNS_PER_GPU / PACK_JOBS checked first
         results_dir = results_folder(args.results_dir, "--results-dir")
         budget = factor(args.budget)
         exps = discover_at(args.profile, args.exp, args.data_dir, results_dir, budget)
