@@ -61,3 +61,9 @@ def test_extra_sections_hook(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "EXTRA", [("fixed_cost_per_run", lambda: {"ratio": 1.0})])
     out = bench.main([], tmp_path / "b.json")
     assert out["extra"] == {"fixed_cost_per_run": {"ratio": 1.0}}
+
+
+def test_role_table_section_times_both_updates_on_a_small_table():
+    out = bench.bench_role_table(n=60, c=7, batch=4, steps=1)
+    assert out["dense_step_s"] > 0 and out["rows_step_s"] > 0
+    assert out["ratio_dense_to_rows"] == round(out["dense_step_s"] / out["rows_step_s"], 1)

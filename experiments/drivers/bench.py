@@ -21,6 +21,8 @@ Sections (`SECTIONS`, run in order; append `(name, fn)` to `EXTRA` to add one, i
    at 800 × 600 and 500 × 375): images/s per core of the former per-sample float path and of each decoder, with 0
    and 2 workers, the opt-in decoders' pixel differences from the exact path, and the cores one GPU needs at
    `IMG_PER_S` (default 2000,5000). See experiments/drivers/bench_loader.py.
+Extra: the cost of runs (experiments/drivers/bench_runs.py) and `role_table`: one step of ROLE's label table at
+Pl@ntNet-300K's size, `loss.table_update` dense vs rows.
 """
 from __future__ import annotations
 
@@ -276,9 +278,43 @@ def bench_data(n: int = 5000, batch: int = 128, workers: tuple[int, ...] = (0, 2
             "speedup": round(r_fast / best, 1)}
 
 
+def bench_role_table(n: int = 243_916, c: int = 1_081, batch: int = 32, steps: int = 3) -> dict:
+    """ROLE's label table at Pl@ntNet-300K's size (N × C): one training step of the table alone — the batch's
+    estimates, backward, the optimizer step — with `loss.table_update` dense (the official code: Adam over every
+    entry) and rows (lazy Adam on the batch's rows); median wall seconds per step after one warm-up, and the ratio."""
+    from hydra.utils import get_class
+
+    from experiments.engine.schemas import OptimConfig
+
+    role_cls = get_class("average_k.losses.RegularizedOnlineLabelEstimation")
+    meta = Meta(num_classes=c, class_names=[f"c{i}" for i in range(c)],
+                class_counts=torch.tensor([n // c + (i < n % c) for i in range(c)]))
+    optim = OptimConfig(_target_="torch.optim.Adam", lr=1e-3)
+    out: dict = {"n": n, "classes": c, "batch": batch}
+    for update in ("dense", "rows"):
+        loss = role_cls(table_update=update)
+        loss.bind(meta)
+        groups = [dict(g, lr=optim.lr * g.pop("lr_mult")) for g in loss.param_groups()]
+        opts = [*loss.own_optimizers(optim).values(), *([optim.factory()(groups)] if groups else [])]
+        gen, times = torch.Generator().manual_seed(0), []
+        for _ in range(steps + 1):
+            index = torch.randint(0, n, (batch,), generator=gen)
+            t0 = time.perf_counter()
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.estimates(index, torch.zeros(batch, dtype=torch.long)).sum().backward()
+            for o in opts:
+                o.step()
+            times.append(time.perf_counter() - t0)
+        out[f"{update}_step_s"] = round(statistics.median(times[1:]), 5)
+        del loss, opts
+    out["ratio_dense_to_rows"] = round(out["dense_step_s"] / out["rows_step_s"], 1)
+    return out
+
+
 SECTIONS: list[tuple[str, Callable[[], dict]]] = [("losses", bench_losses), ("trainer", bench_trainer),
                                                  ("data_path", bench_data), ("loader", bench_loader.bench_loader)]
-EXTRA: list[tuple[str, Callable[[], dict]]] = [*bench_runs.SECTIONS]
+EXTRA: list[tuple[str, Callable[[], dict]]] = [*bench_runs.SECTIONS, ("role_table", bench_role_table)]
 
 
 def table(result: dict) -> str:
