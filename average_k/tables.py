@@ -16,6 +16,8 @@ from average_k.metrics import k_label
 from experiments.report.matrix import only
 
 METHOD_NAMES = {"ce": "ce_threshold"}
+VARIANTS = {"loss.pl_budget": {"within": "_within"},   # loss options whose non-default value is its own method
+            "loss.table_update": {"rows": "_rows"}}
 BINS = ("few", "medium", "many")
 
 
@@ -27,12 +29,15 @@ def _num(x) -> float:
 
 
 def by_k(runs: pd.DataFrame, spec) -> pd.DataFrame:
-    """Table transform: K from the spec's `options.ks`, methods ordered as `options.methods`, runs restricted to
-    `options.where` (e.g. one dataset)."""
+    """Table transform: K from the spec's `options.ks`, the methods `options.methods` lists (all when it lists
+    none) in its order, runs restricted to `options.where` (e.g. one dataset)."""
     ks = [float(k) for k in spec.options.get("ks", [1, 2, 3, 5])]
     long = long_table(only(runs, spec), ks)
     order = [METHOD_NAMES.get(m, m) for m in spec.options.get("methods", [])]
     rank = {m: i for i, m in enumerate(order)}
+    base = long["method"].str.replace(" (head A)", "", regex=False)
+    if rank:
+        long, base = long[base.isin(rank)], base[base.isin(rank)]
     key = long["method"].map(lambda m: (rank.get(m.replace(" (head A)", ""), len(rank)), m))
     return long.iloc[sorted(range(len(long)), key=lambda i: (long["K"].iloc[i], key.iloc[i]))]
 
@@ -42,8 +47,7 @@ def long_table(runs: pd.DataFrame, ks: Sequence[float]) -> pd.DataFrame:
     rows = []
     for _, r in runs.iterrows():
         method = METHOD_NAMES.get(r.get("loss"), r.get("loss"))
-        if r.get("loss.pl_budget") == "within":   # the two-head pseudo-label budget variant is its own method
-            method = f"{method}_within"
+        method += "".join(names.get(r.get(option), "") for option, names in VARIANTS.items())
         loss_k = _num(r.get("loss.k"))
         for k in ks:
             if not math.isnan(loss_k) and abs(loss_k - float(k)) > 1e-9:

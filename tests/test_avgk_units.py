@@ -389,3 +389,21 @@ def test_aps_u_variants():
         ConformalSets(ks=[2])(out, meta_for(5))
     with pytest.raises(UserError):
         ConformalSets(aps_u=2)
+
+
+def test_by_k_names_option_variants_and_keeps_only_the_listed_methods():
+    import pandas as pd
+
+    from average_k.tables import by_k
+
+    def run(loss, seed, **opts):
+        return {"loss": loss, "seed": seed, "dataset": "d", "loss.k": 3.0 if loss != "ce" else math.nan,
+                "test/avgk_acc@3": 0.5, "test/avgk_macro_acc@3": 0.4, "test/avgk_size@3": 3.0, **opts}
+
+    runs = pd.DataFrame([run("role", 0, **{"loss.table_update": "dense"}),
+                         run("role", 0, **{"loss.table_update": "rows"}),
+                         run("two_head", 0, **{"loss.pl_budget": "within"}), run("ce", 0)])
+    spec = type("Spec", (), {"options": {"ks": [3], "methods": ["role", "role_rows"]}})()
+    assert list(by_k(runs, spec)["method"]) == ["role", "role_rows"]
+    spec.options = {"ks": [3]}
+    assert sorted(by_k(runs, spec)["method"]) == ["ce_threshold", "role", "role_rows", "two_head_within"]
