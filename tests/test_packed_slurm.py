@@ -147,14 +147,22 @@ def test_two_local_jobs_at_once_share_the_runs_through_the_claims(tmp_path, data
 
 
 @pytest.mark.slow
-def test_a_job_warned_of_its_time_limit_is_requeued_and_its_run_resumes(tmp_path, data_dir):
+def test_a_job_warned_of_its_time_limit_is_requeued_and_its_run_resumes(tmp_path, data_dir, monkeypatch):
     results = tmp_path / "r"
     points = _points(results, data_dir, "0", epochs=150)
-    # the local executor sends USR2 `signal_delay_s` before `timeout_min`, and requeues on submitit's exit code
-    mode = _mode(1, signal_delay_s=40, local_timeout_min=0.5, local_signal_delay_s=20)
-    assert packed.submit(points, mode, results, kind="local", poll_s=0.5) == 0
+    make = packed.executor
+
+    def short_limit(kind, folder, res):
+        # the local executor sends USR2 `signal_delay_s` before `timeout_min` and restarts a job that exits with
+        # submitit's requeue code (AutoExecutor does not pass these two through to it)
+        ex = make(kind, folder, res)
+        ex._executor.update_parameters(timeout_min=0.5, signal_delay_s=20)
+        return ex
+
+    monkeypatch.setattr(packed, "executor", short_limit)
+    assert packed.submit(points, _mode(1, signal_delay_s=40), results, kind="local", poll_s=0.5) == 0
     (record,) = _records(results)
     assert record["status"] == "completed" and len(record["history"]) == 150
     log = next((results / "logs" / "packed").rglob("*_0_log.out")).read_text()
     assert "Caught signal SIGUSR2" in log or "Requeued job" in log, log
-    assert "INTERRUPTED" in log, log     # the worker's run stopped after a batch (then resumed)
+    assert "SIGUSR2: handed to 1 worker(s); exit codes [0]" in log, log   # its run checkpointed, then resumed

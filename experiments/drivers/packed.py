@@ -167,6 +167,10 @@ def workers_stop_first(signum: int, grace_s: float):
         deadline = time.time() + grace_s
         for proc in workers:
             proc.join(max(0.0, deadline - time.time()))
+        # exit code 0: the worker's run stopped after its batch with a checkpoint (an idle worker just dies)
+        codes = [proc.exitcode for proc in workers]
+        print(f"{signal.Signals(sig).name}: handed to {len(workers)} worker(s); exit codes {codes} "
+              f"(0: run checkpointed, None: still running after {grace_s:.0f} s)", flush=True)
         if callable(previous) and previous is not signal.default_int_handler:
             previous(sig, frame)
         else:
