@@ -123,6 +123,7 @@ def test_usr2_reaches_the_workers_and_they_stop_before_the_requeue_handler_runs(
     ({}, ["--launcher", "slurm", "--pack-jobs", "0"], "error: PACK_JOBS='0'"),
     ({}, ["--launcher", "slurm", "--pack-jobs", "x"], "error: PACK_JOBS='x'"),
     ({}, ["--pack-jobs", "2"], "error: PACK_JOBS=2 packs runs into SLURM jobs: add LAUNCHER=slurm"),
+    ({"PATH": "/nonexistent"}, ["--launcher", "slurm"], "error: LAUNCHER=slurm: sbatch is not on this machine's PATH"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys, env, argv, message):
     monkeypatch.delenv("RUNS_PER_GPU", raising=False)

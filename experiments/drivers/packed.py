@@ -22,6 +22,7 @@ import datetime as _dt
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -128,7 +129,7 @@ def unfinished(points: list[runner.Point]) -> list[runner.Point]:
 def fresh_holder(point: runner.Point) -> claims.Holder | None:
     """The holder of the point's claim if it is beating (heartbeat younger than FRESH_CLAIM_S), else None."""
     try:
-        holder = claims._parse(store.claim_path(point.results_dir, point.experiment_name, point.run_id))
+        holder = claims.read_holder(store.claim_path(point.results_dir, point.experiment_name, point.run_id))
     except ValueError:
         return None
     return holder if holder is not None and time.time() - holder.heartbeat < FRESH_CLAIM_S else None
@@ -229,7 +230,7 @@ class Mode:
 def mode(launcher: str | None, pack_jobs: str | None, overrides: tuple[str, ...] = ()) -> Mode | None:
     """The packed mode asked for by LAUNCHER=slurm with RUNS_PER_GPU and/or PACK_JOBS, with the launcher
     config's resources, else None (LAUNCHER=slurm alone keeps Hydra's one-job-per-run launcher); UserError for
-    bad input, before anything is planned."""
+    bad input or a SLURM launcher without sbatch here (either mode), before anything is planned."""
     runs_per_gpu = runner.runs_per_gpu_from_env()
     jobs = None
     if pack_jobs is not None:
@@ -240,6 +241,9 @@ def mode(launcher: str | None, pack_jobs: str | None, overrides: tuple[str, ...]
             raise UserError(f"PACK_JOBS={pack_jobs} packs runs into SLURM jobs: add LAUNCHER=slurm (without a "
                             f"launcher, JOBS=n worker processes run here)")
         jobs = int(pack_jobs)
+    if launcher in SLURM_LAUNCHERS and shutil.which("sbatch") is None:
+        raise UserError(f"LAUNCHER={launcher}: sbatch is not on this machine's PATH; submit from a SLURM login node, "
+                        f"or leave LAUNCHER out to run here with JOBS=n worker processes")
     if launcher not in SLURM_LAUNCHERS or (runs_per_gpu is None and jobs is None):
         return None
     return Mode(resources(launcher_config(launcher, overrides)), runs_per_gpu or 1, jobs)

@@ -47,7 +47,7 @@ class ClaimLost(Exception):
         self.holder = holder
 
 
-def _parse(path: Path) -> Holder | None:
+def read_holder(path: Path) -> Holder | None:
     """The holder recorded in `path`; None if the file is gone; ValueError if it cannot be read as a claim."""
     try:
         data = json.loads(path.read_text())
@@ -103,7 +103,7 @@ class Claim:
     def _read(self) -> Holder | None:
         """The current holder; a corrupt claim file is set aside (None), one being written counts as live."""
         try:
-            return _parse(self.path)
+            return read_holder(self.path)
         except ValueError as e:
             try:
                 age = time.time() - self.path.stat().st_mtime
@@ -127,7 +127,7 @@ class Claim:
         except FileNotFoundError:
             return
         try:
-            moved = _parse(aside)
+            moved = read_holder(aside)
         except ValueError:
             moved = None
         if moved is not None and moved.token != holder.token:
@@ -157,7 +157,7 @@ class Claim:
         if not self.held or time.time() - self.last_beat < self.interval:
             return
         try:
-            current = _parse(self.path)
+            current = read_holder(self.path)
         except ValueError:
             current = None
         if current is None or current.token != self.token:
@@ -171,7 +171,7 @@ class Claim:
             return
         self.held = False
         try:
-            current = _parse(self.path)
+            current = read_holder(self.path)
         except ValueError:
             return
         if current is not None and current.token == self.token:
