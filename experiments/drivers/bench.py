@@ -284,8 +284,6 @@ def bench_role_table(n: int = 243_916, c: int = 1_081, batch: int = 32, steps: i
     entry) and rows (lazy Adam on the batch's rows); median wall seconds per step after one warm-up, and the ratio."""
     from hydra.utils import get_class
 
-    from experiments.engine.schemas import OptimConfig
-
     role_cls = get_class("average_k.losses.RegularizedOnlineLabelEstimation")
     meta = Meta(num_classes=c, class_names=[f"c{i}" for i in range(c)],
                 class_counts=torch.tensor([n // c + (i < n % c) for i in range(c)]))
