@@ -69,13 +69,18 @@ def _mode(jobs: int, signal_delay_s: int = 120, **params) -> packed.Mode:
     return packed.Mode(res, runs_per_gpu=1, pack_jobs=jobs)
 
 
+def _each_run_completed_once(results, points) -> None:
+    """One completed record per point and no claim left behind."""
+    records = _records(results)
+    assert sorted(r["run_id"] for r in records) == sorted(p.run_id for p in points)
+    assert {r["status"] for r in records} == {"completed"} and not list((results / "claims").rglob("*.claim"))
+
+
 def test_two_debug_jobs_on_one_results_folder_train_every_pending_run_once(tmp_path, data_dir, capsys):
     results = tmp_path / "r"
     points = _points(results, data_dir, "0,1,2")
     assert packed.submit(points, _mode(2), results, kind="debug", poll_s=0.1) == 0
-    records = _records(results)
-    assert sorted(r["run_id"] for r in records) == sorted(p.run_id for p in points)
-    assert {r["status"] for r in records} == {"completed"} and not list((results / "claims").rglob("*.claim"))
+    _each_run_completed_once(results, points)
     assert "submitted 2 packed job(s) for 3 runs" in capsys.readouterr().out
     assert packed.submit(packed.unfinished(points), _mode(2), results, kind="debug") == 0   # nothing left: no job
 
@@ -140,9 +145,7 @@ def test_two_local_jobs_at_once_share_the_runs_through_the_claims(tmp_path, data
     results = tmp_path / "r"
     points = _points(results, data_dir, "0,1,2,3")
     assert packed.submit(points, _mode(2), results, kind="local", poll_s=0.5) == 0
-    records = _records(results)
-    assert sorted(r["run_id"] for r in records) == sorted(p.run_id for p in points)
-    assert {r["status"] for r in records} == {"completed"} and not list((results / "claims").rglob("*.claim"))
+    _each_run_completed_once(results, points)
     logs = [p.read_text() for p in (results / "logs" / "packed").rglob("*_0_log.out")]
     assert len(logs) == 2 and all("Job completed successfully" in log for log in logs), logs
 
