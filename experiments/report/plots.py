@@ -209,8 +209,9 @@ def _forest(ax, df, spec, metric):
     for j, hue in enumerate(hues):
         g = long[long["_hue"] == hue]
         y = [settings.index(v) + (j - (len(hues) - 1) / 2) * step for v in g["_setting"]]
-        x = g["diff"] * s
-        err = [((g["diff"] - g["ci_low"]) * s).fillna(0), ((g["ci_high"] - g["diff"]) * s).fillna(0)]
+        x = (g["diff"] * s).to_numpy()
+        err = [((g["diff"] - g["ci_low"]) * s).fillna(0).to_numpy(),
+               ((g["ci_high"] - g["diff"]) * s).fillna(0).to_numpy()]
         ax.errorbar(x, y, xerr=err, fmt="none", ecolor=f"C{j}", capsize=2, lw=1)
         ax.scatter(x, y, s=22, zorder=3, edgecolors=f"C{j}", label=hue or None,
                    facecolors=[f"C{j}" if sig else "white" for sig in g["significant"]])
