@@ -105,3 +105,14 @@ def test_plantnet_sizes_are_the_ones_its_version_check_uses():
 def test_every_dataset_of_the_paper_profile_declares_its_sizes(paper_plan):
     _, _, lines, _ = paper_plan
     assert [ln for ln in lines if "size unknown" in ln] == []
+
+
+def test_a_loss_with_per_example_parameters_is_priced_as_its_own_group(paper_plan):
+    """ROLE declares its label table (`trained_state`): avgk_paper's two-head/EPR/ROLE sweep is priced as ROLE
+    apart from the rest, its memory and traffic on the line; the others share one group as before."""
+    _, _, lines, _ = paper_plan
+    assert plan.declares_state("role") and not plan.declares_state("ce") and not plan.declares_state("glob(*)")
+    role = [i for i, ln in enumerate(lines) if ln.strip().startswith("loss=role: 25 runs")]
+    assert role and "the loss's per-example parameters: 263,673,196 floats" in lines[role[0] + 1]
+    rest = lines[role[0] + 2]
+    assert rest.strip().startswith("plantnet300k: 50 runs") and "per-example" not in lines[role[0] + 3]

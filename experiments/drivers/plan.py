@@ -32,10 +32,11 @@ from experiments.drivers.catalog import PROFILES, discover
 from experiments.drivers.train import CONF_DIR, compose_config
 from experiments.engine.errors import UserError
 from experiments.engine.imbalance import counts_per_rank
+from experiments.engine.loss import EngineLoss
 from experiments.engine.models import imagenet_checkpoint
 
 PLAN_PREFIXES = ("dataset", "model", "trainer")   # overrides under these change a run's cost: runs are grouped by them
-PLAN_KEYS = ("loss",)                             # and by the loss (its per-example parameters), not its options
+PLAN_KEYS = ("loss",)                             # priced: and by a loss with per-example parameters
 REHEARSAL_DIR = Path("/tmp/rehearse/results/rehearse")   # `make rehearse`'s default scratch results folder
 BENCH_JSON = Path(__file__).resolve().parents[2] / "results" / "bench" / "bench.json"
 
@@ -138,11 +139,30 @@ class Part:
         return self.runs * ((train + val) * self.epochs + test)
 
 
-def sweep_parts(exp, sweep: dict[str, str], profile: str, data_dir: str | None, cache: dict) -> list[Part]:
-    """Runs of one sweep, grouped by the overrides that change data, model or schedule."""
+def declares_state(loss_value: str) -> bool:
+    """Whether the loss config `conf/loss/<loss_value>.yaml` names a class with per-example parameters of its own
+    (it overrides `trained_state`); False for a value that is no file (a glob, a path)."""
+    path = CONF_DIR / "loss" / f"{loss_value}.yaml"
+    if not path.is_file():
+        return False
+    cls = hydra.utils.get_class(str(OmegaConf.load(path)._target_))
+    return getattr(cls, "trained_state", EngineLoss.trained_state).__func__ is not EngineLoss.trained_state.__func__
+
+
+def sweep_parts(exp, sweep: dict[str, str], profile: str, data_dir: str | None, cache: dict,
+                by_loss: bool = False) -> list[Part]:
+    """Runs of one sweep, grouped by the overrides that change data, model or schedule; `by_loss` (pricing), a
+    loss with per-example parameters is a group of its own (each group costs a config composition)."""
     grid = {k: sweep_values(v) for k, v in sweep.items() if k != "seed"}
+    losses = grid.get("loss", [])
+    if by_loss and len(losses) > 1 and any(map(declares_state, losses)):
+        rest = ",".join(v for v in losses if not declares_state(v))
+        subs = [{**sweep, "loss": v} for v in losses if declares_state(v)]
+        subs += [{**sweep, "loss": rest}] if rest else []
+        return [part for sub in subs for part in sweep_parts(exp, sub, profile, data_dir, cache, by_loss)]
     seeds = len(sweep_values(sweep.get("seed", exp.seeds)))
-    relevant = [k for k in grid if k.lstrip("~+").split(".")[0] in PLAN_PREFIXES or k.lstrip("~+") in PLAN_KEYS]
+    keys = PLAN_KEYS if by_loss and len(losses) == 1 and declares_state(losses[0]) else ()
+    relevant = [k for k in grid if k.lstrip("~+").split(".")[0] in PLAN_PREFIXES or k.lstrip("~+") in keys]
     per_group = seeds * math.prod(len(v) for k, v in grid.items() if k not in relevant)
     parts = []
     for combo in itertools.product(*(grid[k] for k in relevant)):
@@ -235,7 +255,7 @@ def plan_experiment(exp, profile: str, data_dir: str | None, rate: float | None,
     out(f"{exp.name} (tables: {tables}) — {exp.tables[0].title if exp.tables else ''}")
     parts_all, hours, priced = [], 0.0, Pricing(rate, runs_per_gpu) if rate else None
     for i, sweep in enumerate(exp.sweeps or [{}], 1):
-        parts = sweep_parts(exp, sweep, profile, data_dir, cache)
+        parts = sweep_parts(exp, sweep, profile, data_dir, cache, by_loss=priced is not None)
         parts_all += parts
         out(f"  sweep {i}: {_grid_line(sweep, exp.seeds)} = {sum(p.runs for p in parts)} runs")
         for p in parts:
