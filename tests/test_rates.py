@@ -158,6 +158,7 @@ def test_a_streamed_part_is_capped_by_its_loader_per_core_rate(monkeypatch, tmp_
     ce = {"_target_": "experiments.engine.loss.CrossEntropy"}
     hours, line = plan.Pricing(3000.0, runs_per_gpu=2, measured={}).part(_part(ce, decode="pil"))
     assert "capped by the loader (3 cores × 100 img/s per core, pil, make bench)" in line
+    assert "loader-bound" in line and "would fill it" not in line      # more runs per GPU would not help
     assert hours == pytest.approx(1000 / (2 * 300.0) / 3600)       # two runs per GPU, each at 3 × 100 img/s
     monkeypatch.setenv("CORES_PER_GPU", "two")
     with pytest.raises(UserError, match="CORES_PER_GPU='two'"):

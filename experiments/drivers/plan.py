@@ -338,7 +338,8 @@ class Pricing:
         gpu_gb = rates.gpu_memory_gb(cost, batch, states, table) * self.share
         self.gpu_gb = max(self.gpu_gb, gpu_gb)
         fill = min(math.ceil(1 / rate.busy()), self.cores)
-        hint = f"; RUNS_PER_GPU={fill} would fill it (≤ 1 host core per run)" if fill > self.share else ""
+        hint = (f"; RUNS_PER_GPU={fill} would fill it (≤ 1 host core per run)"
+                if fill > self.share and not loader_note else "")
         cores = loader_cores({p.decode}, together) if p.decode else ""
         key = rates.model_key(cfg.model, rates.input_size(cfg.model, cfg.dataset)[1])
         return hours, (f"{key}: {cost.flops / 1e9:.3g} GFLOPs/img, {cost.params / 1e6:.3g} M params → "
@@ -371,8 +372,12 @@ class Pricing:
         if not per_core:
             return rate, ""
         slowest, cores = min(per_core.values()), self.cores / self.share
-        return rate.capped(slowest * cores, f"the loader ({cores:g} cores × {slowest:,.0f} img/s per core, "
-                                            f"{p.decode}, make bench)"), ""
+        capped = rate.capped(slowest * cores, f"the loader ({cores:g} cores × {slowest:,.0f} img/s per core, "
+                                              f"{p.decode}, make bench)")
+        if capped is rate:
+            return rate, ""
+        return capped, ("; loader-bound: more runs per GPU share the same host cores; more cores per GPU "
+                        "(CORES_PER_GPU) or a faster dataset.decode would speed it")
 
 
 def main(profile: str = "paper", exps: list[str] | None = None, data_dir: str | None = None,
