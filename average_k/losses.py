@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from average_k.metrics import budget
 from experiments.engine.data import Batch, Meta
 from experiments.engine.errors import UserError
+from experiments.engine.lazy import lazy_optimizer
 from experiments.engine.loss import EngineLoss
 from experiments.engine.numeric import as_float
 
@@ -439,9 +440,9 @@ class RegularizedOnlineLabelEstimation(_SigmoidHead):
 
     `table_update`: `dense` (the official code): the table is a parameter group of the run's optimizer, whose
     step reads and writes all N × C entries and their moments every step (rows not in the batch keep moving on
-    their momentum). `rows`: lazy Adam (torch.optim.SparseAdam, the run's betas and eps) on a sparse gradient:
-    a step updates only the batch's B rows and their moments — B·C instead of N·C per step (Pl@ntNet-300K:
-    32 × 1,081 instead of 243,916 × 1,081) — and other rows stay as they are. Needs optim=adam.
+    their momentum). `rows`: the lazy counterpart of the run's optimizer (experiments/engine/lazy.py: Adam →
+    SparseAdam, SGD → LazySGD) on a sparse gradient: a step updates only the batch's B rows and their state —
+    B·C instead of N·C per step (Pl@ntNet-300K: 32 × 1,081 instead of 243,916 × 1,081) — and other rows stay.
     """
 
     needs_index = True
@@ -471,11 +472,7 @@ class RegularizedOnlineLabelEstimation(_SigmoidHead):
     def own_optimizers(self, optim) -> dict[str, torch.optim.Optimizer]:
         if self.table_update == "dense":
             return {}
-        if optim._target_ != "torch.optim.Adam" or optim.amsgrad:
-            raise UserError(f"loss.table_update=rows is lazy Adam and the run's optimizer is {optim._target_}"
-                            f"{' (amsgrad)' if optim.amsgrad else ''}: use optim=adam, or loss.table_update=dense")
-        kw = {k: v for k, v in optim.kwargs().items() if k in ("betas", "eps")}
-        return {"table": torch.optim.SparseAdam([self.table], lr=optim.lr * self.lr_mult, **kw)}
+        return {"table": lazy_optimizer(optim, [self.table], optim.lr * self.lr_mult, "loss.table_update=rows")}
 
     @classmethod
     def trained_state(cls, cfg, n_train: int, num_classes: int, batch: int) -> tuple[int, int]:

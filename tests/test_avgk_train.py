@@ -61,13 +61,14 @@ def test_role_and_ce_runs_render_the_table(train_run, results_dir):
     assert "(1)" in row1[2] and row1[3].strip() == "–"
 
 
-def test_role_rows_trains_checkpoints_and_resumes_exactly(compose, tmp_path):
-    """`loss.table_update=rows` (the table stepped by the loss's own lazy-Adam optimizer): an interrupted run,
-    resumed, equals the uninterrupted one — the table's optimizer and schedule are in the checkpoint."""
+@pytest.mark.parametrize("optim", [("optim=adam",), ("optim=sgd", "optim.momentum=0.9")])
+def test_role_rows_trains_checkpoints_and_resumes_exactly(compose, tmp_path, optim):
+    """`loss.table_update=rows` (the table stepped by the loss's own lazy optimizer: SparseAdam, LazySGD): an
+    interrupted run, resumed, equals the uninterrupted one — the table's optimizer and schedule are checkpointed."""
     from experiments.drivers.train import run
 
     quiet = lambda *a, **k: None  # noqa: E731
-    base = ("experiment=avgk", "loss=role", "loss.table_update=rows", "avgk.k=2", "trainer.epochs=2")
+    base = ("experiment=avgk", "loss=role", "loss.table_update=rows", "avgk.k=2", "trainer.epochs=2", *optim)
     part = run(*compose(*base, f"results_dir={tmp_path / 'a'}", "trainer.interrupt_after=1"), log=quiet)
     assert part["status"] == "interrupted"
     resumed = run(*compose(*base, f"results_dir={tmp_path / 'a'}"), log=quiet)

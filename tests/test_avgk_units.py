@@ -275,13 +275,15 @@ def test_role_rows_is_lazy_adam_on_the_batch_rows_only():
     assert torch.equal(rows.table.detach()[1], _role_steps("rows", batches[:1], lr, (b1, b2), eps)[1].table.detach()[1])
 
 
-def test_role_rows_needs_adam_and_declares_what_it_trains():
+def test_role_rows_needs_a_lazy_optimizer_and_declares_what_it_trains():
     from experiments.engine.schemas import OptimConfig
 
     loss = RegularizedOnlineLabelEstimation(table_update="rows")
     loss.bind(meta_for(3, [2, 2]))
-    with pytest.raises(UserError, match="loss.table_update=rows is lazy Adam and the run's optimizer is torch.optim.SGD"):
-        loss.own_optimizers(OptimConfig(_target_="torch.optim.SGD", lr=0.1, momentum=0.9))
+    with pytest.raises(UserError, match="loss.table_update=rows needs a lazy counterpart of the run's optimizer"):
+        loss.own_optimizers(OptimConfig(_target_="torch.optim.RMSprop", lr=0.1))
+    assert type(loss.own_optimizers(OptimConfig(_target_="torch.optim.SGD", lr=0.1, momentum=0.9))["table"]).__name__ \
+        == "LazySGD"
     assert loss.param_groups() == []
     with pytest.raises(UserError, match="loss.table_update='sparse'"):
         RegularizedOnlineLabelEstimation(table_update="sparse")
