@@ -16,7 +16,7 @@ use the hooks below; the trainer calls only these, never a loss by name:
 - `needs_index`           informational: the loss reads `batch.index` (per-example state).
 - `param_groups()`        parameters the loss owns (e.g. ROLE's label table) with an optional lr multiplier.
 - `own_optimizers(optim)` optimizers of parameters the loss steps with an optimizer of its own (ROLE's
-                          `table_update: rows`: lazy Adam on a sparse gradient); each steps with the first of
+                          `table_update: rows`: a lazy optimizer on a sparse gradient); each steps with the first of
                           `optimizer_names`, on its schedule, and is checkpointed with it.
 - `trained_state(cfg, N, C, B)` (classmethod, read by the run plan): floats of per-example parameters the loss
                           trains and how many of them one step updates, so that memory and traffic are priced.
