@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= default
 EXP ?=
 JOBS ?= 2
+TEST_JOBS ?= 2
 RESULTS ?= results
 LAUNCHER ?=
 ALLOW_MISSING ?=
@@ -30,8 +31,8 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed ## create .venv and install pinned requirements (idempotent)
 
-test: install ## fast test suite (not marked slow)
-	$(PY) -m pytest -m "not slow" -q
+test: install ## fast test suite (not marked slow), one pytest process per core (TEST_JOBS, default 2; files kept whole per process)
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_JOBS) --dist loadfile
 
 test-full: install ## every test, including slow ones
 	$(PY) -m pytest -q
