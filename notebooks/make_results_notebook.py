@@ -86,40 +86,37 @@ side_by_side = align(long, reference, keys=keys)
 side_by_side['shift'] = side_by_side['mean_ours'] - side_by_side['mean_ref']
 side_by_side[[*keys, 'metric', 'mean_ours', 'n_ours', 'mean_ref', 'n_ref', 'shift', 'match']]"""
 
+def section(markdown: str, *code: str) -> list:
+    """A markdown cell followed by its code cells."""
+    return [nbf.v4.new_markdown_cell(markdown), *map(nbf.v4.new_code_cell, code)]
+
+
 CELLS = [
-    nbf.v4.new_markdown_cell(
+    *section(
         "# losslab results, one experiment at a time\n\n"
         "Every run is one JSON under `results/runs/<experiment>/`. This notebook reads them with the code that "
         "renders the tables: pick an experiment, list the runs of its table, rebuild the table with its own "
         "statistics (paired by seed, Holm-corrected), draw its figures again, and line it up with another results "
         "folder. Environment variables: `LOSSLAB_RESULTS` (default `results/`), `LOSSLAB_EXPERIMENT` (default: the "
         "first with runs), `LOSSLAB_PROFILE` (default `default`), `LOSSLAB_REFERENCE` (a folder with `runs/` or "
-        "with rendered `tables/`)."),
-    nbf.v4.new_code_cell(SETUP),
-    nbf.v4.new_markdown_cell("## Pick one experiment\n\nA table pools only its own experiment's runs: never average "
-                             "runs of two experiments by loss name."),
-    nbf.v4.new_code_cell(PICK),
-    nbf.v4.new_markdown_cell("## The runs of its main table\n\nOne row per run: its seed, the table's row and "
-                             "column keys and its metrics; `path` is its JSON, whose `history` holds each epoch."),
-    nbf.v4.new_code_cell(TABLE_RUNS),
-    nbf.v4.new_markdown_cell(
+        "with rendered `tables/`).", SETUP),
+    *section("## Pick one experiment\n\nA table pools only its own experiment's runs: never average "
+             "runs of two experiments by loss name.", PICK),
+    *section("## The runs of its main table\n\nOne row per run: its seed, the table's row and "
+             "column keys and its metrics; `path` is its JSON, whose `history` holds each epoch.", TABLE_RUNS),
+    *section(
         "## The table with its own statistics\n\n`cells` is what `make tables` writes to "
         "`results/tables/<table>.csv`: per cell the mean, std and n over seeds and, against the baseline, the paired "
         "difference with its 95 % interval, the Holm-adjusted p-value and the minimum detectable effect "
-        "(docs/statistics.md). Below it, the rendered table if `make tables` wrote one."),
-    nbf.v4.new_code_cell(STATS),
-    nbf.v4.new_code_cell(RENDERED),
-    nbf.v4.new_markdown_cell("## Its figures, drawn again\n\nThe figures the experiment declares under `figures:` "
-                             "in `conf/experiment/<name>.yaml`, drawn from these runs."),
-    nbf.v4.new_code_cell(FIGURES),
-    nbf.v4.new_markdown_cell("## A plot of your own: validation curves per seed\n\nEach run's `history`, one line "
-                             "per seed, coloured by the table's last row key."),
-    nbf.v4.new_code_cell(CURVES),
-    nbf.v4.new_markdown_cell(
+        "(docs/statistics.md). Below it, the rendered table if `make tables` wrote one.", STATS, RENDERED),
+    *section("## Its figures, drawn again\n\nThe figures the experiment declares under `figures:` "
+             "in `conf/experiment/<name>.yaml`, drawn from these runs.", FIGURES),
+    *section("## A plot of your own: validation curves per seed\n\nEach run's `history`, one line "
+             "per seed, coloured by the table's last row key.", CURVES),
+    *section(
         "## Compare two results folders\n\nThe same table from `REFERENCE`, cell by cell (`match` says which side "
         "has the cell). For a verdict per cell (reproduced / differs / inconclusive) run "
-        "`make verify RESULTS=<yours> REFERENCE=<other>`."),
-    nbf.v4.new_code_cell(COMPARE),
+        "`make verify RESULTS=<yours> REFERENCE=<other>`.", COMPARE),
 ]
 
 if __name__ == "__main__":
