@@ -16,6 +16,7 @@ memory). Nothing is downloaded or decoded, so it runs in seconds.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -139,6 +140,7 @@ class Part:
         return self.runs * ((train + val) * self.epochs + test)
 
 
+@functools.lru_cache(maxsize=None)
 def declares_state(loss_value: str) -> bool:
     """Whether the loss config `conf/loss/<loss_value>.yaml` names a class with per-example parameters of its own
     (it overrides `trained_state`); False for a value that is no file (a glob, a path)."""
